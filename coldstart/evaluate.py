@@ -1,0 +1,114 @@
+"""Evaluation on the held-out split: greedy accuracy, unbiased pass@k, maj@k, mean@k, lengths, reflections.
+
+Every number is computed with the task's own verifier on completions sampled with coldstart's sampler.
+`coldstart eval RECIPE --out DIR` evaluates every finished stage folder of DIR (base, sft, rl) on the same
+test examples and writes `DIR/eval.json` as `{"<stage>": {"accuracy": ..., "pass@k": ..., ...}}`.
+
+    coldstart eval recipes/demo.yaml --out runs/demo
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import is_complete
+from .config import EvalConfig, PromptConfig, Recipe
+from .metrics import count_reflections, maj_at_k, pass_at_k
+from .models import eos_ids, load_model, load_tokenizer
+from .prompts import render_prompt
+from .rewards.extract import extract_answer
+from .rollout import SamplingParams, build_sampler
+from .types import Example, Task
+
+STAGES = ("base", "sft", "rl")
+
+
+def encode_prompts(tokenizer, examples: list[Example], prompt: PromptConfig) -> list[list[int]]:
+    """Token ids of each example's rendered chat prompt (no padding)."""
+    texts = [render_prompt(tokenizer, ex, prompt.strategy, prompt.system) for ex in examples]
+    return tokenizer(texts, add_special_tokens=False).input_ids
+
+
+def sample_texts(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int,
+                 sampler: str = "torch", generator: torch.Generator | None = None) -> tuple[list[str], list[int]]:
+    """Completions for every prompt (params.n each, prompt-major) in chunks of about `batch_size` rows;
+    returns texts and lengths in tokens."""
+    smp = build_sampler(sampler, tokenizer)
+    per_chunk = max(1, batch_size // params.n)
+    texts, lengths = [], []
+    for i in range(0, len(prompts), per_chunk):
+        ro = smp.sample(model, prompts[i : i + per_chunk], params, generator)
+        texts += ro.texts
+        lengths += ro.lengths.tolist()
+    return texts, lengths
+
+
+def evaluate_greedy(model, tokenizer, task: Task, examples: list[Example], prompt: PromptConfig,
+                    max_new_tokens: int, batch_size: int) -> dict[str, float]:
+    """Greedy accuracy and mean completion length on `examples`."""
+    if not examples:
+        raise ValueError("evaluation: no held-out examples (task.val_size / task.test_size is 0?)")
+    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=eos_ids(tokenizer, model))
+    texts, lengths = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params, batch_size)
+    scores = [task.verify(ex, t) for ex, t in zip(examples, texts)]
+    return {"accuracy": sum(s >= 1.0 for s in scores) / len(scores),
+            "length/mean": sum(lengths) / len(lengths), "completions": texts}
+
+
+def evaluate(model, tokenizer, task: Task, examples: list[Example], prompt: PromptConfig, cfg: EvalConfig,
+             seed: int = 0) -> dict[str, Any]:
+    """Greedy accuracy plus, with cfg.samples = k > 0, pass@1..k, maj@k and mean@k from k samples per prompt."""
+    greedy = evaluate_greedy(model, tokenizer, task, examples, prompt, cfg.max_new_tokens, cfg.batch_size)
+    texts = greedy.pop("completions")
+    result: dict[str, Any] = {"n": len(examples), **greedy,
+                              "reflections/mean": sum(map(count_reflections, texts)) / len(texts),
+                              "examples": [{"prompt": ex.prompt, "answer": ex.answer, "completion": t}
+                                           for ex, t in list(zip(examples, texts))[:5]]}
+    k = cfg.samples
+    if k > 0:
+        params = SamplingParams(n=k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                eos_ids=eos_ids(tokenizer, model))
+        gen = torch.Generator().manual_seed(seed)
+        samples, _ = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params,
+                                  cfg.batch_size, generator=gen)
+        pass_k = {j: 0.0 for j in sorted({1, k})}
+        maj = mean = 0.0
+        for i, ex in enumerate(examples):
+            group = samples[i * k : (i + 1) * k]
+            correct = [task.verify(ex, t) >= 1.0 for t in group]
+            for j in pass_k:
+                pass_k[j] += pass_at_k(k, sum(correct), j)
+            maj += maj_at_k([extract_answer(t) for t in group], correct, k)
+            mean += sum(correct) / k
+        n = len(examples)
+        result.update({f"pass@{j}": v / n for j, v in pass_k.items()})
+        result.update({f"maj@{k}": maj / n, f"mean@{k}": mean / n})
+    return result
+
+
+def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, Any]]:
+    """Evaluate each finished stage folder in `out` on the same test split; write `out/eval.json`."""
+    from .pipeline import base_model, build_task_from
+    from .runtime import console, setup
+
+    device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
+    task = build_task_from(recipe)
+    test = task.examples("test", recipe.task.test_size, recipe.run.seed)
+    folders = {"base": base_model(recipe, out, task)} if "base" in stages else {}
+    folders.update({s: out / s for s in stages if s != "base" and is_complete(out / s)})
+    results = {}
+    path = out / "eval.json"
+    if path.exists():
+        results = json.loads(path.read_text())
+    for name, folder in folders.items():
+        model = load_model(folder, recipe.run.dtype, device).eval()
+        tokenizer = load_tokenizer(folder)
+        results[name] = evaluate(model, tokenizer, task, test, recipe.prompt, recipe.eval, recipe.run.seed)
+        console.print(f"eval {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()
+                                                      if isinstance(v, float)))
+    path.write_text(json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,133 @@
+"""Models and tokenizers: load a Hugging Face causal LM from a folder or hub id, or build a tiny one.
+
+The embedded default needs nothing from the internet: `build_char_tokenizer` makes a character-level fast
+tokenizer (one token per character, plus the reasoning tags as single tokens and a small chat template) and
+`build_tiny_model` a randomly initialised Qwen2- or Llama-architecture decoder from a transformers config.
+Both save as plain Hugging Face folders that `AutoTokenizer` / `AutoModelForCausalLM` load as is.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# Reasoning tags become single tokens so a character model spends its length on the reasoning itself.
+TAG_TOKENS = [
+    f"<{slash}{tag}>"
+    for tag in ("think", "plan", "code", "knowledge", "examples", "answer")
+    for slash in ("", "/")
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|system|>{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% else %}<|assistant|>{{ m['content'] }}<|end|>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_char_tokenizer(extra_chars: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A character-level fast tokenizer over printable ASCII plus `extra_chars`.
+
+    Special tokens: <pad>, <unk>, <s>, <|end|> (eos) and the chat role markers; the reasoning tags
+    (<think>, </answer>, ...) are ordinary added tokens, so they survive `skip_special_tokens=True`.
+    """
+    chars = sorted(set(string.printable) | {c for text in extra_chars for c in text})
+    specials = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]
+    vocab = {tok: i for i, tok in enumerate(specials + [c for c in chars if c not in specials])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # One piece per character, "\n" and spaces included; Fuse joins pieces back without separators.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        additional_special_tokens=ROLE_TOKENS,
+        clean_up_tokenization_spaces=False,
+    )
+    tok.add_tokens(TAG_TOKENS)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_model(
+    vocab_size: int,
+    *,
+    arch: str = "qwen2",
+    hidden_size: int = 128,
+    layers: int = 3,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_len: int = 512,
+    pad_id: int = 0,
+    bos_id: int = 2,
+    eos_id: int = 3,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """A randomly initialised decoder (Qwen2 or Llama architecture), seeded, in float32."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    archs = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    if arch not in archs:
+        raise ValueError(f"model.arch: unknown architecture {arch!r}; choose from {sorted(archs)}")
+    config_cls, model_cls = archs[arch]
+    config = config_cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        use_cache=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    model.generation_config.pad_token_id = pad_id
+    model.generation_config.eos_token_id = eos_id
+    return model
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer from a folder or hub id; left padding, and a pad token (eos if none)."""
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a causal LM from a Hugging Face folder or hub id."""
+    if dtype not in DTYPES:
+        raise ValueError(f"run.dtype: unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    return model.to(device)
+
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a completion: the tokenizer's eos plus the model's generation-config eos ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return sorted(ids)

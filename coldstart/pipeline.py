@@ -1,0 +1,68 @@
+"""Glue between the recipe and the stages: the task, the base model folder, the trace budget.
+
+With `model.init: tiny` the base model is built once, seeded, into `DIR/base/` (tokenizer included), so that
+every stage and every arm of the demo starts from the very same weights. With a pretrained model the base is
+`model.path` itself (a folder or hub id), never copied.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import MARKER, is_complete
+from .config import Recipe, save_recipe
+from .models import build_char_tokenizer, build_tiny_model
+from .tasks import build_task
+from .types import Example, Task
+
+
+def build_task_from(recipe: Recipe) -> Task:
+    """The recipe's task, built with its options and the run seed."""
+    return build_task(recipe.task.name, recipe.task.options, seed=recipe.run.seed)
+
+
+def base_model(recipe: Recipe, out: Path, task: Task) -> str | Path:
+    """The folder (or hub id) of the untrained model; builds `out/base` for a tiny model if missing."""
+    m = recipe.model
+    if m.init == "pretrained":
+        if not m.path:
+            raise ValueError("model.path: required unless model.init is 'tiny' (a folder or a hub id)")
+        return m.path
+    base = out / "base"
+    if is_complete(base):
+        return base
+    sample = task.examples("train", min(200, recipe.task.train_size or 200), recipe.run.seed)
+    chars = [ex.prompt + (ex.solution or "") + ex.answer for ex in sample]
+    tokenizer = build_char_tokenizer(chars)
+    model = build_tiny_model(
+        len(tokenizer), arch=m.arch, hidden_size=m.hidden_size, layers=m.layers, heads=m.heads,
+        kv_heads=m.kv_heads, intermediate_size=m.intermediate_size, max_len=m.max_len,
+        pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+        seed=recipe.run.seed,
+    )
+    base.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    save_recipe(recipe, base / "config.yaml")
+    (base / MARKER).write_text(json.dumps({"stage": "base", "init": "tiny"}))
+    return base
+
+
+def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
+    """The first `budget` examples with a solution: a count, or a fraction in (0, 1] of those available."""
+    with_trace = [ex for ex in pool if ex.solution]
+    if not with_trace:
+        raise ValueError("sft: the task's training examples have no solution traces (data.fields.solution?)")
+    if isinstance(budget, float) and budget <= 1.0:
+        if budget <= 0:
+            raise ValueError(f"sft.traces: a fraction must be in (0, 1], got {budget}")
+        n = max(1, round(budget * len(with_trace)))
+    else:
+        n = int(budget)
+        if n < 1:
+            raise ValueError(f"sft.traces: need at least 1 trace, got {budget}")
+        if n > len(with_trace):
+            raise ValueError(f"sft.traces: asked for {n} traces but the training pool has {len(with_trace)} "
+                             "with a solution (raise task.train_size or lower sft.traces)")
+    return with_trace[:n]

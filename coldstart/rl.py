@@ -1,0 +1,327 @@
+"""Reinforcement fine-tuning with verifiable rewards: GRPO and its variants (ALGORITHMS.md §0, §23).
+
+One step, top to bottom (`train` calls these in order, one line each):
+
+    sample     B prompts × G completions from the current policy (coldstart.rollout), answer-only prompts
+    reward     weighted reward parts per completion (coldstart.rewards); a raising part scores 0 and is counted
+    filter     drop groups whose rewards are all equal (`rl.filter: dynamic`, DAPO), refilling the batch
+    advantage  per-token advantages (grpo | dr_grpo | rloo | reinforce_pp | gae)
+    update     μ = rl.epochs passes of PPO-clip over minibatches against the sampling log-probs
+
+Deviations from the papers, on purpose:
+- The old log-probs are the sampler's (the distribution actually sampled from). With top-p/top-k they differ
+  from the trainer's temperature-scaled softmax; the mean gap is logged as `logprob_gap`.
+- Rows whose advantage is exactly 0 on every token skip the forward/backward pass when no KL, entropy or
+  value term needs them; the loss is normalised over the whole batch so the gradient is unchanged
+  (`rows/skipped`).
+- `gae` (PPO) puts a linear value head on the policy's last hidden state (a shared trunk, as ReFT does)
+  instead of a separate critic model; it is saved as `value_head` in the trainer state.
+
+    coldstart rl recipes/demo.yaml --out runs/demo          (starts from runs/demo/sft when it exists)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .algorithms import (
+    ADVANTAGES,
+    FILTERS,
+    expand_group_mask,
+    gae,
+    kl_penalty,
+    outcome_token_rewards,
+    policy_loss,
+    token_entropy,
+    token_logprobs,
+    value_loss,
+)
+from .checkpoint import finalize_stage, latest_checkpoint, load_trainer_state, save_checkpoint
+from .config import Recipe, RLConfig, save_recipe
+from .evaluate import encode_prompts, evaluate_greedy
+from .models import eos_ids, load_model, load_tokenizer
+from .pipeline import base_model, build_task_from
+from .rewards import build_reward
+from .rollout import SamplingParams, build_sampler
+from .rollout_utils import cat_rollouts, select_rows
+from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress, setup, stage_start
+from .types import Example, Rollouts
+
+
+def prompt_batch(pool: list[Example], cursor: int, n: int, seed: int) -> list[Example]:
+    """Examples `cursor .. cursor+n` of an endless stream: a fresh seeded permutation of the pool per pass."""
+    out = []
+    for c in range(cursor, cursor + n):
+        epoch, i = divmod(c, len(pool))
+        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(pool[int(perm[i])])
+    return out
+
+
+def score(reward_fn, examples: list[Example], ro: Rollouts, group_size: int) -> tuple[torch.Tensor, Any]:
+    """(N,) float rewards for the rollouts of `examples` (each repeated G times), and the RewardResult."""
+    rows = [ex for ex in examples for _ in range(group_size)]
+    columns: dict[str, list] = {"answer": [e.answer for e in rows], "solution": [e.solution for e in rows],
+                                "example": rows, "completion_length": ro.lengths.tolist(),
+                                "truncated": ro.truncated.tolist()}
+    for key in {k for e in rows for k in e.meta} - columns.keys():
+        columns[key] = [e.meta.get(key) for e in rows]
+    result = reward_fn([e.prompt for e in rows], ro.texts, **columns)
+    return torch.tensor(result.total, dtype=torch.float32), result
+
+
+def sequence_logprobs(model, ro: Rollouts, temperature: float, value_head=None, need_entropy: bool = False):
+    """Trainer-side log-probs of the completion tokens.
+
+    Returns logp (N, T), entropy (N, T) or None, values (N, T) or None (value head on the last hidden state).
+    """
+    ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
+    mask = torch.cat([ro.prompt_mask, ro.completion_mask], 1).long()
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                output_hidden_states=value_head is not None)
+    P, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
+    logits = out.logits[:, P - 1 : P + T - 1].float() / max(temperature, 1e-5)
+    logp = token_logprobs(logits, ro.completion_ids)
+    ent = token_entropy(logits) if need_entropy else None
+    values = value_head(out.hidden_states[-1][:, P - 1 : P + T - 1].float()).squeeze(-1) if value_head else None
+    return logp, ent, values
+
+
+def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params, gen, seed, times):
+    """Sample B prompts × G; with the dynamic filter, resample until B informative groups (or the cap)."""
+    B, G = cfg.prompts_per_step, cfg.group_size
+    kept_ro, kept_ex, kept_scores, first_metrics, parts = [], [], [], None, []
+    for round_ in range(1 + (cfg.max_resample if cfg.filter == "dynamic" else 0)):
+        examples = prompt_batch(pool, state["cursor"], B, seed)
+        state["cursor"] += B
+        with Timer(times, "time/generate_s"):
+            ro = sampler.sample(policy, params["prompt_ids"](examples), params["sampling"], gen)
+        with Timer(times, "time/reward_s"):
+            scores, result = score(reward_fn, examples, ro, G)
+        keep, fmetrics = FILTERS[cfg.filter](scores, G)
+        if first_metrics is None:  # what the policy itself produced, before any refill
+            first_metrics = {"result": result, "scores": scores, "ro": ro, **fmetrics}
+        parts.append(result)
+        rows = expand_group_mask(keep, G)
+        kept_ro.append(select_rows(ro, rows))
+        kept_ex += [ex for ex, k in zip(examples, keep.tolist()) if k]
+        kept_scores.append(scores[rows])
+        if len(kept_ex) >= B:
+            break
+    n = min(len(kept_ex), B)
+    ro = select_rows(cat_rollouts(kept_ro, sampler_pad(sampler)), torch.arange(n * G))
+    return ro, kept_ex[:n], torch.cat(kept_scores)[: n * G], first_metrics, parts, round_
+
+
+def sampler_pad(sampler) -> int:
+    return sampler.tokenizer.pad_token_id
+
+
+def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values, cfg: RLConfig,
+           max_tokens: int) -> dict[str, float]:
+    """μ = cfg.epochs passes of PPO-clip; one optimizer step per minibatch of `cfg.minibatch_size` rows,
+    each accumulated over micro-batches of `cfg.micro_batch_size` rows. Returns metrics averaged by weight."""
+    N = ro.completion_mask.shape[0]
+    mask = ro.completion_mask & ~ro.truncated[:, None] if cfg.overlong_filter else ro.completion_mask
+    needs_all = cfg.kl_coef != 0 or cfg.entropy_coef != 0 or value_head is not None
+    active = mask.any(1) & (needs_all | ((adv * mask).abs().sum(1) > 0))
+    mb_size, micro = cfg.minibatch_size or N, cfg.micro_batch_size
+    params = [p for g in opt.param_groups for p in g["params"]]
+    sums: dict[str, float] = {"_w": 0.0}
+    gen = torch.Generator().manual_seed(int(ro.completion_ids.sum()) % (1 << 31))
+    for _ in range(cfg.epochs):
+        order = torch.randperm(N, generator=gen) if mb_size < N else torch.arange(N)
+        for start in range(0, N, mb_size):
+            mb = order[start : start + mb_size]
+            # Normalisers of the whole minibatch, so skipped rows leave the gradient unchanged.
+            total_tok, total_seq = float(mask[mb].sum()), len(mb)
+            mb = mb[active[mb]]
+            if len(mb) == 0 or total_tok == 0:
+                continue
+            for i in range(0, len(mb), micro):
+                rows = mb[i : i + micro]
+                share = (float(mask[rows].sum()) / total_tok if cfg.loss_agg == "token_mean"
+                         else len(rows) / total_seq)
+                metrics = _micro_step(policy, ref, value_head, select_rows(ro, rows), mask[rows], adv[rows],
+                                      None if returns is None else returns[rows],
+                                      None if old_values is None else old_values[rows], cfg, max_tokens, share)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * share
+                sums["_w"] += share
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            sums["_steps"] = sums.get("_steps", 0) + 1
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    w, steps = sums.pop("_w"), sums.pop("_steps", 0)
+    out = {k: v / w for k, v in sums.items() if k != "grad_norm"} if w else {}
+    if steps:
+        out["grad_norm"] = sums["grad_norm"] / steps
+    out.update({"rows/skipped": int((~active).sum()), "rows/trained": int(active.sum()), "optimizer_steps": steps})
+    return out
+
+
+def _micro_step(policy, ref, value_head, sub: Rollouts, m, adv, returns, old_values, cfg: RLConfig,
+                max_tokens: int, share: float) -> dict[str, float]:
+    """Forward + backward of one micro-batch, its loss scaled by its share of the minibatch."""
+    logp, ent, values = sequence_logprobs(policy, sub, cfg.temperature, value_head, cfg.entropy_coef != 0)
+    ref_logp = None
+    if ref is not None and not cfg.kl_in_reward:
+        with torch.no_grad():
+            ref_logp = sequence_logprobs(ref, sub, cfg.temperature)[0]
+    loss, metrics = policy_loss(
+        logp, sub.logprobs, adv, m, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+        agg=cfg.loss_agg, max_tokens=max_tokens, ref_logp=ref_logp, kl_coef=cfg.kl_coef if ref_logp is not None
+        else 0.0, kl_type=cfg.kl_type, entropy=ent, entropy_coef=cfg.entropy_coef)
+    if value_head is not None:
+        vloss, vmetrics = value_loss(values, old_values, returns, m)
+        loss = loss + cfg.vf_coef * vloss
+        metrics.update(vmetrics)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"rl: loss is {float(loss)}; the last checkpoint is kept")
+    (loss * share).backward()
+    mf = m.float()
+    if "entropy" not in metrics:  # Monte-Carlo estimate: E[−log π(sampled token)] = H(π) at this temperature
+        metrics["entropy"] = float((-logp.detach() * mf).sum() / mf.sum())
+    metrics["logprob_gap"] = float(((logp.detach() - sub.logprobs).abs() * mf).sum() / mf.sum())
+    return metrics
+
+
+def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe: Recipe, sampling) -> dict:
+    """One RL step: sample → reward → filter → advantage → update. Returns the step's metrics row."""
+    cfg, G, times = recipe.rl, recipe.rl.group_size, {}
+    ro, examples, scores, first, parts, rounds = sample_batch(
+        policy, sampler, reward_fn, pool, state, cfg, sampling, state["gen"], recipe.run.seed, times)
+    row = _rollout_metrics(first, parts, times, rounds)
+    if not examples:  # every group uninformative and no refill found one: nothing to learn from
+        return {**row, "rows/trained": 0, "rows/skipped": first["ro"].completion_mask.shape[0]}
+    with Timer(times, "time/train_s"):
+        mask = ro.completion_mask
+        token_rewards = values = returns = None
+        if cfg.kl_in_reward and ref is not None:  # ReFT / REINFORCE++: −β·KL per token in the reward
+            with torch.no_grad():
+                ref_logp = sequence_logprobs(ref, ro, cfg.temperature)[0]
+            token_rewards = -cfg.kl_coef * kl_penalty(ro.logprobs, ref_logp, cfg.kl_type) * mask
+        if value_head is not None:
+            with torch.no_grad():
+                values = sequence_logprobs(policy, ro, cfg.temperature, value_head)[2] * mask
+            returns = gae(outcome_token_rewards(scores, mask, token_rewards), values, mask, cfg.gamma, cfg.lam)[1]
+        adv, adv_metrics = ADVANTAGES[cfg.advantage](scores, mask, G, token_rewards=token_rewards, values=values,
+                                                      gamma=cfg.gamma, lam=cfg.lam)
+        row.update({k: v for k, v in adv_metrics.items() if k != "groups/zero_std_frac"})
+        row.update(update(policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens))
+    row["time/train_s"] = times["time/train_s"]
+    return row
+
+
+def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict:
+    """Reward, group and length statistics of the first sampling round (what the policy produced)."""
+    ro, scores, result = first["ro"], first["scores"], first["result"]
+    lengths = ro.lengths.float()
+    gen_s = times.get("time/generate_s", 0.0)
+    row = {
+        "reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
+        **{k: v for k, v in result.metrics().items() if k not in ("reward/mean", "reward/std")},
+        "reward/errors": sum(r.errors for r in parts),
+        "groups/zero_std_frac": first["groups/zero_std_frac"], "groups/resample_rounds": rounds,
+        "length/mean": float(lengths.mean()), "length/max": int(lengths.max()),
+        "length/truncated_frac": float(ro.truncated.float().mean()),
+        "time/generate_s": gen_s, "time/reward_s": times.get("time/reward_s", 0.0),
+        "tokens_per_s": float(sum(int(r.lengths.sum()) for r in [ro])) / max(gen_s, 1e-9),
+    }
+    return row
+
+
+def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
+    """Run the RL stage into `out/rl`, starting from `rl.init` (default: out/sft if finished, else the base)."""
+    cfg, run = recipe.rl, recipe.run
+    stage = out / "rl"
+    stage.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, stage / "config.yaml")
+    device = setup(run.seed, run.threads, run.device)
+    task = build_task_from(recipe)
+    start = stage_start(out, cfg.init, base_model(recipe, out, task))
+    ckpt = latest_checkpoint(stage) if resume else None
+    tokenizer = load_tokenizer(ckpt or start)
+    policy = load_model(ckpt or start, run.dtype, device).train()
+    ref = None
+    if cfg.kl_coef != 0:
+        ref = load_model(start, run.dtype, device).eval().requires_grad_(False)
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device) if cfg.advantage == "gae" else None
+    if value_head is not None:
+        torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
+    trainable = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
+    opt = build_optimizer(trainable, cfg.lr, cfg.weight_decay)
+    sched = build_scheduler(opt, cfg.schedule, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=task)
+    sampler = build_sampler(cfg.sampler, tokenizer)
+    pool = task.examples("train", recipe.task.train_size, run.seed)
+    val = task.examples("val", recipe.task.val_size, run.seed)
+    gen = torch.Generator().manual_seed(run.seed)
+    state: dict[str, Any] = {"step": 0, "cursor": 0, "best": None, "elapsed": 0.0, "flat_steps": 0}
+    extra = {"value_head": value_head} if value_head is not None else None
+    if ckpt is not None:
+        state = load_trainer_state(ckpt, opt, sched, {"sampler": gen}, extra)
+        console.print(f"rl: resumed from {ckpt} at step {state['step']}")
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
+    sampling = {"prompt_ids": lambda exs: encode_prompts(tokenizer, exs, recipe.prompt),
+                "sampling": SamplingParams(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                           stop=cfg.stop, eos_ids=eos_ids(tokenizer, policy))}
+    console.print(f"rl: from {start}, {cfg.steps} steps of {cfg.prompts_per_step}×{cfg.group_size}, "
+                  f"advantage={cfg.advantage}, filter={cfg.filter}, device={device}")
+
+    t_start = time.perf_counter() - state["elapsed"]
+    save = lambda name=None: save_checkpoint(stage, state["step"], policy, tokenizer, _public(state), opt,  # noqa: E731
+                                             sched, {"sampler": gen}, extra, name=name)
+    with progress(run.quiet) as bar:
+        bar_id = bar.add_task("rl", total=cfg.steps, completed=state["step"], info="")
+        while state["step"] < cfg.steps:
+            state["gen"] = gen
+            row = {"step": state["step"] + 1,
+                   **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling)}
+            sched.step()
+            state["step"] += 1
+            state["elapsed"] = time.perf_counter() - t_start
+            row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state["elapsed"]})
+            _warn_flat(row, state)
+            if cfg.eval_every and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
+                row["eval/accuracy"] = evaluate_greedy(policy, tokenizer, task, val, recipe.prompt,
+                                                       cfg.max_new_tokens, recipe.eval.batch_size)["accuracy"]
+                if state["best"] is None or row["eval/accuracy"] > state["best"]:
+                    state["best"] = row["eval/accuracy"]
+                    save("best")
+            log.write(row)
+            bar.update(bar_id, completed=state["step"],
+                       info=f"reward {row['reward/mean']:.3f} zero-std {row['groups/zero_std_frac']:.2f}")
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < cfg.steps:
+                save()
+            if cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds:
+                break
+    last = save()
+    best = stage / "checkpoints" / "best"
+    final = best if cfg.keep_best and best.is_dir() else last
+    finalize_stage(stage, final, {"stage": "rl", "steps": state["step"], "seconds": state["elapsed"],
+                                  "best_val_accuracy": state["best"], "flat_steps": state["flat_steps"]})
+    if state["flat_steps"]:
+        console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
+    console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
+    return stage
+
+
+def _public(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k != "gen"}
+
+
+def _warn_flat(row: dict, state: dict) -> None:
+    """Say plainly when (almost) every group has identical rewards: the policy gradient is zero there."""
+    if row["groups/zero_std_frac"] >= 0.9:
+        state["flat_steps"] += 1
+        if state["flat_steps"] == 1:
+            console.print(f"[yellow]rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
+                          "reward std 0 (every sample scored the same), so they carry no learning signal. "
+                          "From an untrained model this is expected: start RL from an SFT cold start.")

@@ -1,0 +1,203 @@
+"""The SFT cold start: supervised fine-tuning on chain-of-thought traces, loss on completion tokens only.
+
+Each trace is rendered as the chat prompt (prompts.render_prompt) followed by the target
+`<think>{solution}</think><answer>{answer}</answer>` and eos (prompts.render_target); labels are -100 on
+every prompt token. A trace budget (`sft.traces`) takes a count or a fraction of the training pool: the
+Vanishing Gradients paper (ALGORITHMS.md §5) finds a short SFT on ~1% of inputs can suffice before RL.
+
+Batches are padding-free by default: the sequences of a batch are concatenated into one row with position ids
+restarting at 0 for each, which transformers turns into a block-diagonal causal mask (no attention across
+sequences; checked once at start, falling back to padded batches for a model that does not honour it).
+The batch order is a pure function of (seed, epoch), so `--resume` after a kill replays exactly.
+
+    coldstart sft recipes/demo.yaml --out runs/demo
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import finalize_stage, latest_checkpoint, load_trainer_state, save_checkpoint
+from .config import Recipe, save_recipe
+from .evaluate import evaluate_greedy
+from .models import load_model, load_tokenizer
+from .pipeline import base_model, build_task_from, select_traces
+from .prompts import render_prompt, render_target
+from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress, setup, stage_start
+
+
+@dataclass
+class Encoded:
+    """One tokenised trace: ids (L,) and the number of leading prompt tokens that carry no loss."""
+
+    ids: list[int]
+    n_prompt: int
+
+
+def encode_trace(tokenizer, example, strategy: str, system: bool) -> Encoded:
+    """Tokenise prompt + target + eos; the prompt part is excluded from the loss."""
+    prompt = tokenizer(render_prompt(tokenizer, example, strategy, system), add_special_tokens=False).input_ids
+    target = tokenizer(render_target(example, strategy), add_special_tokens=False).input_ids
+    return Encoded(prompt + target + [tokenizer.eos_token_id], len(prompt))
+
+
+def collate(batch: list[Encoded], pack: bool, pad_id: int) -> dict[str, torch.Tensor]:
+    """Model inputs for a batch.
+
+    pack=True:  input_ids, labels, position_ids of shape (1, ΣL): one row, positions restart per sequence.
+    pack=False: input_ids, labels, attention_mask of shape (B, max L), right-padded.
+    labels are the input ids with -100 on prompt and padding tokens (the model shifts them itself).
+    """
+    labels = [[-100] * e.n_prompt + e.ids[e.n_prompt :] for e in batch]
+    if pack:
+        return {
+            "input_ids": torch.tensor([[t for e in batch for t in e.ids]]),
+            "labels": torch.tensor([[t for lab in labels for t in lab]]),
+            "position_ids": torch.tensor([[p for e in batch for p in range(len(e.ids))]]),
+        }
+    width = max(len(e.ids) for e in batch)
+    return {
+        "input_ids": torch.tensor([e.ids + [pad_id] * (width - len(e.ids)) for e in batch]),
+        "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
+        "attention_mask": torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in batch]),
+    }
+
+
+def masked_lm_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over label tokens, and their count. Packed rows never predict across a boundary
+    because the first token of each sequence is a prompt token (label -100)."""
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**model_inputs, use_cache=False).logits[:, :-1].float()
+    target = labels[:, 1:]
+    n = int((target != -100).sum())
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return loss / max(n, 1), n
+
+
+def packing_supported(model, device) -> bool:
+    """Whether this model's attention honours packed position ids (block-diagonal mask)."""
+    vocab = model.config.vocab_size
+    a, b = torch.arange(3, 3 + 6) % vocab, torch.arange(5, 5 + 4) % vocab
+    with torch.no_grad():
+        sep = model(b[None].to(device), use_cache=False).logits
+        packed = model(torch.cat([a, b])[None].to(device), position_ids=torch.tensor(
+            [list(range(6)) + list(range(4))], device=device), use_cache=False).logits
+    return torch.allclose(sep[0], packed[0, 6:], atol=1e-3)
+
+
+def batch_for_step(n_items: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the items in optimizer step `step`: a fresh seeded permutation each epoch."""
+    per_epoch = math.ceil(n_items / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    return perm[i * batch_size : (i + 1) * batch_size]
+
+
+def validation_loss(model, seqs: list[Encoded], pack: bool, pad_id: int, device, batch_size: int = 32) -> float:
+    """Mean per-token loss of the model on encoded traces."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            inputs = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], pack, pad_id).items()}
+            loss, n = masked_lm_loss(model, inputs)
+            total, count = total + float(loss) * n, count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
+    """Run the SFT stage into `out/sft`; return that folder (a Hugging Face model folder)."""
+    cfg, run = recipe.sft, recipe.run
+    stage = out / "sft"
+    stage.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, stage / "config.yaml")
+    device = setup(run.seed, run.threads, run.device)
+    task = build_task_from(recipe)
+    start = stage_start(out, cfg.init, base_model(recipe, out, task))
+    ckpt = latest_checkpoint(stage) if resume else None
+    tokenizer = load_tokenizer(ckpt or start)
+    model = load_model(ckpt or start, run.dtype, device)
+    model.train()
+
+    traces = select_traces(task.examples("train", recipe.task.train_size, run.seed), cfg.traces)
+    val = task.examples("val", recipe.task.val_size, run.seed)
+    strategy, system = recipe.prompt.strategy, recipe.prompt.system
+    seqs = [encode_trace(tokenizer, ex, strategy, system) for ex in traces]
+    val_seqs = [encode_trace(tokenizer, ex, strategy, system) for ex in val if ex.solution is not None]
+    pack = cfg.pack and packing_supported(model, device)
+    if cfg.pack and not pack:
+        console.print("[yellow]sft: this model ignores packed position ids; using padded batches")
+
+    per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    sched = build_scheduler(opt, cfg.schedule, total, cfg.warmup, cfg.min_lr_ratio)
+    state = {"step": 0, "best": None, "bad_evals": 0, "elapsed": 0.0, "traces": len(seqs)}
+    if ckpt is not None:
+        state = load_trainer_state(ckpt, opt, sched)
+        console.print(f"sft: resumed from {ckpt} at step {state['step']}")
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
+    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packed={pack}, device={device}")
+
+    t_start = time.perf_counter() - state["elapsed"]
+    last_ckpt = ckpt
+    with progress(run.quiet) as bar:
+        task_id = bar.add_task("sft", total=total, completed=state["step"], info="")
+        while state["step"] < total:
+            step = state["step"]
+            batch = [seqs[i] for i in batch_for_step(len(seqs), step, cfg.batch_size, run.seed)]
+            inputs = {k: v.to(device) for k, v in collate(batch, pack, tokenizer.pad_token_id).items()}
+            loss, n_tok = masked_lm_loss(model, inputs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"sft: loss is {float(loss)} at step {step}; last checkpoint kept: {last_ckpt}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            state["step"] = step = step + 1
+            state["elapsed"] = time.perf_counter() - t_start
+            row = {"step": step, "loss": float(loss), "grad_norm": float(grad_norm), "tokens": n_tok,
+                   "lr": sched.get_last_lr()[0], "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"]}
+            stop = False
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                stop = _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage)
+            out_of_time = cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds
+            log.write(row)
+            bar.update(task_id, completed=step, info=f"loss {float(loss):.3f}")
+            if stop or out_of_time:
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                last_ckpt = save_checkpoint(stage, step, model, tokenizer, state, opt, sched)
+
+    last_ckpt = save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched)
+    best = stage / "checkpoints" / "best"
+    final = best if best.is_dir() else last_ckpt
+    finalize_stage(stage, final, {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
+                                  "seconds": state["elapsed"], "traces": len(seqs)})
+    console.print(f"sft: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
+    return stage
+
+
+def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage) -> bool:
+    """Validation loss and greedy accuracy into `row`; keep the best model; True when patience ran out."""
+    cfg = recipe.sft
+    row["val/loss"] = validation_loss(model, val_seqs, pack, tokenizer.pad_token_id, device) if val_seqs else None
+    acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
+                          recipe.eval.batch_size)["accuracy"]
+    row["val/accuracy"] = acc
+    if state["best"] is None or acc > state["best"]:
+        state["best"], state["bad_evals"] = acc, 0
+        save_checkpoint(stage, state["step"], model, tokenizer, state, name="best")
+        return False
+    state["bad_evals"] += 1
+    return bool(cfg.patience) and state["bad_evals"] >= cfg.patience

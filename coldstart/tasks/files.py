@@ -1,0 +1,248 @@
+"""`file`: a task read from a data file or a `datasets` dataset, verified with math-verify.
+
+Options:
+    path:        a .jsonl / .ndjson, .json (a list of objects, or {"data": [...]}), .parquet / .pq, .csv /
+                 .tsv file; a local `datasets` folder (save_to_disk) or data folder; or a `datasets`
+                 name, read with `datasets.load_dataset(path, name=dataset_config, split=dataset_split)`
+                 (a path that starts with /, . or ~ is never looked up as a name).
+    fields:      {prompt: column, answer: column, solution: column, <any>: column}. prompt and answer are
+                 required; solution is optional; any other key is copied into Example.meta. A dotted
+                 column (`meta.answer`, `choices.0`) reads nested objects and lists. Default:
+                 {prompt: prompt, answer: answer}, plus solution when a record has a `solution` column.
+    val_path, test_path:  optional files for those splits (same format rules).
+    val_frac, test_frac:  hash split of `path` for the splits without a file (defaults 0.05 / 0.1).
+
+The data is read when the task is built, so errors surface at once. Every error names the file and the
+place: `data.jsonl, line 7: malformed JSON: ...`, `data.jsonl, line 3: missing field 'question'
+(fields.prompt)`, `data.csv, line 12: ...`, `data.parquet, row 4: ...`, `data.json, record 2: ...`;
+an empty source and a missing file raise too. The prompt must be a non-empty string; the answer a
+string or number (numbers are written with str()); a null solution means none.
+
+Splits: a record of `path` goes to the split that the stable hash of its prompt picks
+(coldstart/tasks/split.py); when val_path / test_path is given, that split comes from its file and
+records of `path` whose prompt appears in a held-out file are dropped (counted in `task.dropped`),
+as are val records whose prompt is also in the test file. So the splits never share a prompt.
+
+Verifier: `coldstart.rewards.accuracy.verify_answer(completion, answer)` (math-verify on the last
+`<answer>` or `\\boxed{}`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coldstart.tasks.split import SPLITS, check_fracs, check_split, parse_options, rng_for, split_of
+from coldstart.types import Example
+
+log = logging.getLogger("coldstart.tasks")
+_MISSING = object()
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+            ".csv": "csv", ".tsv": "tsv"}
+
+
+@dataclass
+class FileOptions:
+    path: str = ""
+    fields: dict | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    val_frac: float = 0.05
+    test_frac: float = 0.1
+    dataset_split: str = "train"  # split read from a `datasets` name or folder
+    dataset_config: str | None = None  # its configuration name
+
+
+def iter_records(path: str, dataset_split: str = "train", dataset_config: str | None = None
+                 ) -> Iterator[tuple[str, dict]]:
+    """Yield (where, record) for every record of `path`; `where` is like `data.jsonl, line 3`."""
+    p = Path(path).expanduser()
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is not None and not p.is_file():
+        raise ValueError(f"file: {path}: no such file")
+    if fmt is None and not p.exists() and (p.is_absolute() or path.startswith((".", "~"))):
+        raise ValueError(f"file: {path}: no such file or directory")
+    if fmt == "jsonl":
+        yield from _jsonl(path, p)
+    elif fmt == "json":
+        yield from _json(path, p)
+    elif fmt in ("csv", "tsv"):
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
+            for row in reader:
+                yield f"{path}, line {reader.line_num}", row
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as e:
+            raise ValueError(f"file: {path}: cannot read Parquet: {e}") from e
+        yield from ((f"{path}, row {i}", r) for i, r in enumerate(rows))
+    else:
+        yield from ((f"{path}, row {i}", r) for i, r in enumerate(_hf_rows(path, p, dataset_split, dataset_config)))
+
+
+def _jsonl(path: str, p: Path) -> Iterator[tuple[str, dict]]:
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: malformed JSON: {e.msg} (column {e.colno})") from e
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(record).__name__}")
+            yield f"{path}, line {n}", record
+
+
+def _json(path: str, p: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from e
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of objects or {{\"data\": [...]}}")
+    for i, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, record {i}: expected a JSON object, got {type(record).__name__}")
+        yield f"{path}, record {i}", record
+
+
+def _hf_rows(path: str, p: Path, dataset_split: str, dataset_config: str | None):
+    import datasets
+
+    try:
+        if p.is_dir() and (p / "state.json").is_file():
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[dataset_split]
+        else:
+            ds = datasets.load_dataset(path, name=dataset_config, split=dataset_split)
+    except Exception as e:
+        raise ValueError(f"file: {path}: not a readable file (known suffixes: {', '.join(_FORMATS)}) and "
+                         f"`datasets` could not load it: {type(e).__name__}: {e}") from e
+    return ds
+
+
+def get_field(record: dict, name: str) -> Any:
+    """record[name], else the dotted path `a.b.0` through dicts and lists; _MISSING when absent.
+
+    >>> get_field({"a": {"b": [5, 6]}}, "a.b.1"), get_field({"a.b": 1}, "a.b"), get_field({}, "x") is _MISSING
+    (6, 1, True)
+    """
+    if name in record:
+        return record[name]
+    value: Any = record
+    for part in name.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def to_example(where: str, record: dict, fields: dict[str, str], solution_optional: bool) -> Example:
+    """One record → Example; ValueError naming `where` and the field on a missing or bad value."""
+
+    def need(key: str, allow_none: bool = False) -> Any:
+        value = get_field(record, fields[key])
+        if value is _MISSING:
+            raise ValueError(f"{where}: missing field {fields[key]!r} (fields.{key}); "
+                             f"present: {', '.join(map(str, record))}")
+        if value is None and not allow_none:
+            raise ValueError(f"{where}: field {fields[key]!r} (fields.{key}) is null")
+        return value
+
+    prompt = need("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: field {fields['prompt']!r} (fields.prompt) must be a non-empty string, "
+                         f"got {prompt!r:.80}")
+    answer = need("answer")
+    if not isinstance(answer, (str, int, float)):
+        raise ValueError(f"{where}: field {fields['answer']!r} (fields.answer) must be a string or a number, "
+                         f"got {type(answer).__name__}")
+    solution = None
+    if "solution" in fields and not (solution_optional and get_field(record, fields["solution"]) is _MISSING):
+        solution = need("solution", allow_none=True)
+        if solution is not None and not isinstance(solution, str):
+            raise ValueError(f"{where}: field {fields['solution']!r} (fields.solution) must be a string")
+    meta = {k: need(k, allow_none=True) for k in fields if k not in ("prompt", "answer", "solution")}
+    return Example(prompt=prompt, answer=str(answer), solution=solution, meta=meta)
+
+
+def read_examples(path: str, fields: dict[str, str], o: FileOptions, solution_optional: bool) -> list[Example]:
+    """Every record of `path` as an Example; ValueError if there are none."""
+    out = [to_example(where, record, fields, solution_optional)
+           for where, record in iter_records(path, o.dataset_split, o.dataset_config)]
+    if not out:
+        raise ValueError(f"file: {path}: no records (empty data set)")
+    return out
+
+
+@dataclass
+class FileTask:
+    """A task over fixed examples (see the module docstring)."""
+
+    splits: dict[str, list[Example]]
+    seed: int = 0
+    name: str = "file"
+    dropped: dict[str, int] = field(default_factory=dict)  # per source option: records dropped as held out
+
+    def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
+        """n examples of `split` in a seed-determined order (all of them for n=None)."""
+        check_split(split)
+        pool = self.splits[split]
+        if n is None:
+            n = len(pool)
+        if not 0 <= n <= len(pool):
+            raise ValueError(f"{self.name}: asked for n={n} {split} examples but the split has {len(pool)}")
+        return rng_for(self.seed, seed, split).sample(pool, n)
+
+    def verify(self, example: Example, completion: str) -> float:
+        """math-verify accuracy of the completion's final answer against example.answer."""
+        from coldstart.rewards.accuracy import verify_answer
+
+        return verify_answer(completion, example.answer)
+
+
+def build(options: dict | None = None, seed: int = 0) -> FileTask:
+    """Build the file task: read and split the data now (see the module docstring)."""
+    o = parse_options(FileOptions, options, "file")
+    if not o.path:
+        raise ValueError("file: option path is required (a data file, folder or `datasets` name)")
+    check_fracs("file", o.val_frac, o.test_frac)
+    fields = dict(o.fields or {"prompt": "prompt", "answer": "answer", "solution": "solution"})
+    for key in ("prompt", "answer", *fields):
+        if not isinstance(fields.get(key), str) or not fields[key]:
+            raise ValueError(f"file: option fields must map {key!r} to a column name, got {o.fields!r}")
+    optional = o.fields is None  # the default `solution` column may be absent
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for split, p in (("test", o.test_path), ("val", o.val_path)):
+        if p:
+            splits[split] = read_examples(p, fields, o, optional)
+    held = {e.prompt for e in splits["test"]}
+    kept_val = [e for e in splits["val"] if e.prompt not in held]
+    dropped = {"val_path": len(splits["val"]) - len(kept_val), "path": 0}
+    splits["val"] = kept_val
+    held |= {e.prompt for e in kept_val}
+    val_frac = 0.0 if o.val_path else o.val_frac
+    test_frac = 0.0 if o.test_path else o.test_frac
+    for e in read_examples(o.path, fields, o, optional):
+        if e.prompt in held:
+            dropped["path"] += 1
+        else:
+            splits[split_of(e.prompt, val_frac, test_frac)].append(e)
+    if any(dropped.values()):
+        log.info("file %s: dropped records whose prompt is in a held-out split: %s", o.path, dropped)
+    return FileTask(splits=splits, seed=seed, name=f"file:{Path(o.path).name}", dropped=dropped)

@@ -1,0 +1,91 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from coldstart.cli import main
+from coldstart.config import load_recipe
+from coldstart.models import build_char_tokenizer, build_tiny_model
+from coldstart.sft import Encoded, collate, encode_trace, masked_lm_loss
+from coldstart.types import Example
+
+
+def test_prompt_tokens_carry_no_loss():
+    tok = build_char_tokenizer()
+    enc = encode_trace(tok, Example("12+34", "46", "2+4=6\n1+3=4"), "think", system=False)
+    prompt = tok.decode(enc.ids[: enc.n_prompt])
+    assert prompt == "<|user|>12+34<|assistant|>"
+    assert tok.decode(enc.ids[enc.n_prompt :]) == "<think>2+4=6\n1+3=4</think><answer>46</answer><|end|>"
+    for pack in (True, False):
+        batch = collate([enc, Encoded([5, 6, 7], 2)], pack, tok.pad_token_id)
+        labels = batch["labels"].flatten().tolist()
+        ids = batch["input_ids"].flatten().tolist()
+        kept = [i for i, lab in zip(ids, labels) if lab != -100]
+        assert kept == enc.ids[enc.n_prompt :] + [7]
+        if pack:
+            assert batch["position_ids"][0, len(enc.ids)].item() == 0
+
+
+def test_packed_loss_equals_padded_loss():
+    tok = build_char_tokenizer()
+    model = build_tiny_model(len(tok), hidden_size=32, layers=2, heads=2)
+    seqs = [Encoded(list(range(5, 5 + n)), 2) for n in (4, 9, 6)]
+    packed, _ = masked_lm_loss(model, collate(seqs, True, 0))
+    padded, _ = masked_lm_loss(model, collate(seqs, False, 0))
+    assert torch.allclose(packed, padded, atol=1e-5)
+
+
+def test_sft_cli_trains_and_writes_hf_folder(tmp_path, tiny_overrides):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    assert main(["sft", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "sft.eval_every=4"]) == 0
+    stage = out / "sft"
+    assert (stage / "complete.json").is_file() and (out / "config.yaml").is_file()
+    assert load_recipe(stage / "config.yaml").sft.max_steps == 8
+    rows = (stage / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 8 and '"val/accuracy"' in rows[3]
+    model = AutoModelForCausalLM.from_pretrained(stage)
+    tok = AutoTokenizer.from_pretrained(stage)
+    ids = tok("<|user|>12+34<|assistant|>", add_special_tokens=False, return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
+def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, tiny_overrides, capsys):
+    out = str(tmp_path / "r")
+    assert main(["sft", "recipes/demo.yaml", "--out", out, *tiny_overrides, "sft.tracez=3"]) == 2
+    assert "sft.tracez: unknown key" in capsys.readouterr().err
+    assert main(["sft", "recipes/demo.yaml", "--out", out, *tiny_overrides, "sft.traces=100000"]) == 2
+    assert "sft.traces" in capsys.readouterr().err
+    assert main(["sft", "recipes/demo.yaml", "--out", out, *tiny_overrides, "task.name=nosuchtask"]) == 2
+    assert "nosuchtask" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "sft" / "complete.json").exists()
+
+
+def _weights(stage):
+    return load_file(str(stage / "model.safetensors"))
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
+    args = ["sft", "recipes/demo.yaml", *tiny_overrides, "sft.max_steps=16", "sft.save_every=2"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "coldstart.cli", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "sft" / "checkpoints" / "step-000006").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "sft" / "complete.json").exists(), "the run finished before it could be killed"
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+
+    a, b = _weights(tmp_path / "straight" / "sft"), _weights(killed / "sft")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
