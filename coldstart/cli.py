@@ -51,7 +51,14 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after --out/--resume: collect the leftovers that look like key=value.
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad or (extra and args.command == "demo"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if args.command != "demo":
+        args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     from .config import ConfigError, load_recipe, save_recipe
     from .runtime import console

@@ -147,9 +147,11 @@ def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values,
                 rows = mb[i : i + micro]
                 share = (float(mask[rows].sum()) / total_tok if cfg.loss_agg == "token_mean"
                          else len(rows) / total_seq)
-                metrics = _micro_step(policy, ref, value_head, select_rows(ro, rows), mask[rows], adv[rows],
-                                      None if returns is None else returns[rows],
-                                      None if old_values is None else old_values[rows], cfg, max_tokens, share)
+                sub = select_rows(ro, rows)  # trimmed to its widest row: slice the (N, T) tensors alike
+                T = sub.completion_ids.shape[1]
+                cut = lambda x: None if x is None else x[rows][:, :T]  # noqa: E731
+                metrics = _micro_step(policy, ref, value_head, sub, cut(mask), cut(adv), cut(returns),
+                                      cut(old_values), cfg, max_tokens, share)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * share
                 sums["_w"] += share

@@ -166,14 +166,14 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             sched.step()
             state["step"] = step = step + 1
             state["elapsed"] = time.perf_counter() - t_start
-            row = {"step": step, "loss": float(loss), "grad_norm": float(grad_norm), "tokens": n_tok,
+            row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": n_tok,
                    "lr": sched.get_last_lr()[0], "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"]}
             stop = False
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                 stop = _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage)
             out_of_time = cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds
             log.write(row)
-            bar.update(task_id, completed=step, info=f"loss {float(loss):.3f}")
+            bar.update(task_id, completed=step, info=f"loss {row['loss']:.3f}")
             if stop or out_of_time:
                 break
             if cfg.save_every and step % cfg.save_every == 0 and step < total:

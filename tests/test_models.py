@@ -14,7 +14,7 @@ def test_char_tokenizer_round_trips_through_saved_folder(tmp_path):
         ids = t(TEXT + "é", add_special_tokens=False).input_ids
         assert t.decode(ids) == TEXT + "é"
         assert "\n" in t.decode(ids, skip_special_tokens=True)
-    # one token per character, tags and role markers as single tokens
+    # one token per ASCII character, tags and role markers as single tokens
     assert len(again("ab\n", add_special_tokens=False).input_ids) == 3
     assert len(again("<think></answer>", add_special_tokens=False).input_ids) == 2
     assert again.decode(again("<think>x", add_special_tokens=False).input_ids, skip_special_tokens=True) == "<think>x"
@@ -35,3 +35,19 @@ def test_tiny_model_is_seeded_and_loads(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     out = loaded.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 5)
+
+
+def test_tokenizer_survives_a_model_folder_of_every_arch(tmp_path):
+    """AutoTokenizer rebuilds some model types' tokenizers from the vocabulary (Qwen2 → Qwen2Tokenizer)."""
+    tok = build_char_tokenizer()
+    for arch in ("qwen2", "llama"):
+        folder = tmp_path / arch
+        build_tiny_model(len(tok), arch=arch, hidden_size=32, layers=1, heads=2).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        first = AutoTokenizer.from_pretrained(folder)
+        first.save_pretrained(tmp_path / f"{arch}-again")  # a second round trip, as every checkpoint does
+        (tmp_path / f"{arch}-again" / "config.json").write_text((folder / "config.json").read_text())
+        for t in (first, AutoTokenizer.from_pretrained(tmp_path / f"{arch}-again")):
+            ids = t(TEXT + "é", add_special_tokens=False).input_ids
+            assert ids == tok(TEXT + "é", add_special_tokens=False).input_ids, (arch, type(t).__name__)
+            assert t.decode(ids) == TEXT + "é"

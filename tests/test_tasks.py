@@ -39,7 +39,7 @@ def test_registry_names_and_protocol():
 def test_unknown_task_and_option_are_named():
     with pytest.raises(ValueError, match=r"unknown task 'arith'.*arithmetic, countdown, file, gym:<name>"):
         build_task("arith")
-    with pytest.raises(ValueError, match=r"'digit'.*valid options: digits, ops"):
+    with pytest.raises(ValueError, match=r"'digit'.*valid options: digits, min_digits, ops"):
         build_task("arithmetic", {"digit": 2})
     with pytest.raises(ValueError, match=r"'backtrack'.*backtracks"):
         build_task("countdown", {"backtrack": 1})
@@ -109,6 +109,7 @@ def test_arithmetic_splits_enumerated_disjoint_and_complete():
     parts = [[e.prompt for e in task.examples(s, None, seed=0)] for s in ("train", "val", "test")]
     assert _disjoint(*parts)
     assert sum(map(len, parts)) == 10_000 + 10_000 + 100 * 101 // 2 == task.space_size()
+    assert [e.prompt for e in task.examples("val", 20, seed=0)] == parts[1][:20]  # n=20 is a prefix
     assert all(a >= b for p in parts[0] if "-" in p for a, b in [map(int, p.split("-"))])
 
 
@@ -232,6 +233,8 @@ def test_gym_option_errors():
     with pytest.raises(ValueError, match="gym:chain_sum: invalid options"):
         build_task("gym:chain_sum", {"min_terms": 0})
     assert build_task("gym", {"dataset": "chain_sum"}).name == "gym:chain_sum"
+    with pytest.raises(ValueError, match="option 'dataset' conflicts"):
+        build_task("gym:chain_sum", {"dataset": "leg_counting"})
 
 
 # ---------------------------------------------------------------- file
@@ -256,6 +259,8 @@ def test_file_jsonl_fields_splits_and_verify(tmp_path):
     assert task.verify(e, _wrap("\\frac{3}{2}")) == 1.0 and task.verify(e, _wrap("3/2")) == 1.0
     assert task.verify(e, _wrap("1.4")) == 0.0 and task.verify(e, "no answer") == 0.0
     assert [x.prompt for x in task.examples("train", 10, seed=4)] == [
+        x.prompt for x in task.examples("train", 30, seed=4)][:10]
+    assert [x.prompt for x in task.examples("train", 10, seed=5)] != [
         x.prompt for x in task.examples("train", 10, seed=4)]
     with pytest.raises(ValueError, match=f"n=999 train examples but the split has {len(parts['train'])}"):
         task.examples("train", 999, seed=0)
@@ -322,3 +327,21 @@ def test_file_json_parquet_csv_and_datasets_folder(tmp_path):
     (tmp_path / "bad.csv").write_text("q,gold\na,1\n,2\n")
     with pytest.raises(ValueError, match=r"bad\.csv, line 3: field 'q' \(fields\.prompt\) must be a non-empty"):
         build_task("file", {"path": str(tmp_path / "bad.csv"), "fields": {"prompt": "q", "answer": "gold"}})
+    (tmp_path / "noanswer.csv").write_text("q,gold\na,1\nb,\n")
+    with pytest.raises(ValueError, match=r"noanswer\.csv, line 3: field 'gold' \(fields\.answer\) must be"):
+        build_task("file", {"path": str(tmp_path / "noanswer.csv"), "fields": {"prompt": "q", "answer": "gold"}})
+
+
+def test_arithmetic_min_digits_gives_fixed_width_operands():
+    from coldstart.tasks import build_task
+
+    task = build_task("arithmetic", {"digits": 2, "min_digits": 2, "ops": "+-"})
+    assert task.space_size() == 90 * 90 + 90 * 91 // 2
+    for split in ("train", "test"):
+        for ex in task.examples(split, 50, 0):
+            a, b = ex.prompt.replace("-", "+").split("+")
+            assert len(a) == 2 and len(b) == 2, ex.prompt
+    import pytest
+
+    with pytest.raises(ValueError, match="min_digits"):
+        build_task("arithmetic", {"digits": 2, "min_digits": 3})

@@ -1,6 +1,7 @@
 """Integer arithmetic with column-by-column chain-of-thought traces: the demo's procedural task.
 
-Problems. Two operands drawn from 0 .. 10**digits - 1 and one operator from `ops` (any of "+-*").
+Problems. Two operands drawn from 10**(min_digits-1) .. 10**digits - 1 (0 .. when min_digits is 1, the
+default) and one operator from `ops` (any of "+-*").
 Subtraction keeps a >= b, so no answer is negative. The prompt is the bare problem, e.g. `347+589`;
 the answer is the decimal result, e.g. `936`. Each problem belongs to one split by the hash of its prompt
 (coldstart/tasks/split.py). Small spaces (<= 200,000 problems, i.e. digits <= 2) are enumerated, so
@@ -47,7 +48,10 @@ _INT = re.compile(r"([+-]?)\s*(\d{1,3}(?:,\d{3})+|\d+)")
 
 @dataclass
 class ArithmeticOptions:
-    digits: int = 3  # operands are 0 .. 10**digits - 1
+    digits: int = 3  # operands are at most 10**digits - 1
+    # operands have at least this many digits; min_digits = digits gives fixed-width problems, which a small
+    # model learns much faster (every column sits at the same offset of the prompt)
+    min_digits: int = 1
     ops: str = "+"  # operators to draw from, any of "+-*"
     val_frac: float = 0.05
     test_frac: float = 0.1
@@ -163,11 +167,17 @@ class ArithmeticTask:
 
     def space_size(self) -> int:
         """Number of distinct problems over all splits."""
-        m = 10**self.options.digits
-        return sum(m * (m + 1) // 2 if op == "-" else m * m for op in self.options.ops)
+        k = 10**self.options.digits - self._low()
+        return sum(k * (k + 1) // 2 if op == "-" else k * k for op in self.options.ops)
+
+    def _low(self) -> int:
+        return 0 if self.options.min_digits <= 1 else 10 ** (self.options.min_digits - 1)
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
-        """n distinct problems of `split` (all of them for n=None), in a seed-determined order."""
+        """n distinct problems of `split` (all of them for n=None), in a seed-determined order.
+
+        For one seed, the first m of n examples are the examples for n=m.
+        """
         check_split(split)
         if n is not None and n < 0:
             raise ValueError(f"arithmetic: n must be >= 0, got {n}")
@@ -186,8 +196,10 @@ class ArithmeticTask:
             n = len(pool)
         if n > len(pool):
             raise ValueError(f"arithmetic: asked for n={n} {split} examples but digits={o.digits} "
-                             f"ops={o.ops!r} has only {len(pool)} distinct problems in that split")
-        return [make_example(*p) for p in rng.sample(pool, n)]
+                             f"ops={o.ops!r} has only {len(pool)} distinct problems in that split; ask for "
+                             "fewer, or raise digits / add ops")
+        rng.shuffle(pool)  # shuffle then cut, so a smaller n gives a prefix of a larger one
+        return [make_example(*p) for p in pool[:n]]
 
     def verify(self, example: Example, completion: str) -> float:
         """1.0 if the extracted answer is the gold integer (see parse_int), else 0.0."""
@@ -197,7 +209,7 @@ class ArithmeticTask:
     def _enumerate(self):
         m = 10**self.options.digits
         for op in self.options.ops:
-            for a, b in product(range(m), repeat=2):
+            for a, b in product(range(self._low(), m), repeat=2):
                 if op != "-" or a >= b:
                     yield a, op, b
 
@@ -208,7 +220,7 @@ class ArithmeticTask:
         for _ in range(100 * n + 10_000):
             if len(out) == n:
                 break
-            op, a, b = rng.choice(o.ops), rng.randrange(m), rng.randrange(m)
+            op, a, b = rng.choice(o.ops), rng.randrange(self._low(), m), rng.randrange(self._low(), m)
             p = (max(a, b), op, min(a, b)) if op == "-" else (a, op, b)
             if p not in seen and split_of(_text(p), o.val_frac, o.test_frac) == split:
                 seen.add(p)
@@ -232,6 +244,8 @@ def build(options: dict | None = None, seed: int = 0) -> ArithmeticTask:
     o = parse_options(ArithmeticOptions, options, "arithmetic")
     if not 1 <= o.digits <= 9:
         raise ValueError(f"arithmetic: option digits must be in 1..9, got {o.digits}")
+    if not 1 <= o.min_digits <= o.digits:
+        raise ValueError(f"arithmetic: option min_digits must be in 1..digits={o.digits}, got {o.min_digits}")
     if not o.ops or set(o.ops) - set("+-*"):
         raise ValueError(f"arithmetic: option ops must be a non-empty string of '+', '-', '*', got {o.ops!r}")
     o.ops = "".join(dict.fromkeys(o.ops))  # drop repeats, keep order

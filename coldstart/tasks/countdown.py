@@ -89,12 +89,18 @@ def _moves(state: tuple[int, ...]) -> list[tuple[Step, tuple[int, ...]]]:
     return out
 
 
-@lru_cache(maxsize=4096)
 def all_paths(state: tuple[int, ...]) -> tuple[tuple[Step, ...], ...]:
-    """Every step sequence that combines the sorted `state` down to one number."""
+    """Every step sequence that combines the sorted `state` down to one number (1152 for 4 numbers)."""
+    if len(state) <= 3:
+        return _small_paths(state)
+    return tuple((step, *tail) for step, rest in _moves(state) for tail in all_paths(rest))
+
+
+@lru_cache(maxsize=4096)  # only states of <= 3 numbers (<= 48 paths each), so the cache stays small
+def _small_paths(state: tuple[int, ...]) -> tuple[tuple[Step, ...], ...]:
     if len(state) == 1:
         return ((),)
-    return tuple((step, *tail) for step, rest in _moves(state) for tail in all_paths(rest))
+    return tuple((step, *tail) for step, rest in _moves(state) for tail in _small_paths(rest))
 
 
 def _apply(state: tuple[int, ...], step: Step) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ The data is read when the task is built, so errors surface at once. Every error 
 place: `data.jsonl, line 7: malformed JSON: ...`, `data.jsonl, line 3: missing field 'question'
 (fields.prompt)`, `data.csv, line 12: ...`, `data.parquet, row 4: ...`, `data.json, record 2: ...`;
 an empty source and a missing file raise too. The prompt must be a non-empty string; the answer a
-string or number (numbers are written with str()); a null solution means none.
+non-empty string or a number (written with str()); a null solution means none.
 
 Splits: a record of `path` goes to the split that the stable hash of its prompt picks
 (coldstart/tasks/split.py); when val_path / test_path is given, that split comes from its file and
@@ -169,9 +169,9 @@ def to_example(where: str, record: dict, fields: dict[str, str], solution_option
         raise ValueError(f"{where}: field {fields['prompt']!r} (fields.prompt) must be a non-empty string, "
                          f"got {prompt!r:.80}")
     answer = need("answer")
-    if not isinstance(answer, (str, int, float)):
-        raise ValueError(f"{where}: field {fields['answer']!r} (fields.answer) must be a string or a number, "
-                         f"got {type(answer).__name__}")
+    if not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        raise ValueError(f"{where}: field {fields['answer']!r} (fields.answer) must be a non-empty string or "
+                         f"a number, got {answer!r:.80}")
     solution = None
     if "solution" in fields and not (solution_optional and get_field(record, fields["solution"]) is _MISSING):
         solution = need("solution", allow_none=True)
@@ -206,8 +206,11 @@ class FileTask:
         if n is None:
             n = len(pool)
         if not 0 <= n <= len(pool):
-            raise ValueError(f"{self.name}: asked for n={n} {split} examples but the split has {len(pool)}")
-        return rng_for(self.seed, seed, split).sample(pool, n)
+            raise ValueError(f"{self.name}: asked for n={n} {split} examples but the split has {len(pool)}; "
+                             "ask for fewer, or change val_frac / test_frac / val_path / test_path")
+        order = list(pool)
+        rng_for(self.seed, seed, split).shuffle(order)  # shuffle then cut: n=m is a prefix of n>m
+        return order[:n]
 
     def verify(self, example: Example, completion: str) -> float:
         """math-verify accuracy of the completion's final answer against example.answer."""

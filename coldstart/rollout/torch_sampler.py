@@ -1,0 +1,249 @@
+"""TorchSampler: batched autoregressive sampling with the model's own KV cache, in plain torch.
+
+The RL hot path. It runs any Hugging Face causal LM (Qwen2, Llama, GPT-2, ...) through its forward
+pass and a transformers cache, and differs from `model.generate` in what it skips:
+
+1. Prefill once per prompt: the B distinct prompts are prefilled (left-padded, with an attention mask
+   and position ids counted from each prompt's first real token), then the cache is repeated to the
+   N = B×n rows (`Cache.reorder_cache`), so a group of n samples costs one prefill, not n.
+2. One token per step for every live row, through preallocated buffers; no logits processors,
+   stopping-criteria objects or per-step score tuples.
+3. Finished rows stop costing compute: once at most `shrink` of the current batch is still live, the
+   finished rows are dropped from the cache and from every per-row tensor (`Cache.reorder_cache`).
+   The loop exits when every row has finished.
+4. Sampling draws one uniform per row and inverts the CDF of the filtered distribution, which has the
+   same law as `torch.multinomial` but costs N random numbers instead of N×V.
+5. Stop strings are only checked on rows whose new token could end one (its text holds the last
+   character of a stop string), by decoding that row; eos is a table lookup.
+
+The cache is a `StaticCache` (preallocated, written in place) by default or a `DynamicCache`
+(`cache="dynamic"`, grows by concatenation); `bench/sampler.py` measures both against `generate`.
+Sampling semantics (temperature 0 = greedy, top-k/top-p order and ties, stop strings, logprobs) are
+those documented in `coldstart.rollout.base`. The model is put in eval mode and inference mode for
+the call and its training flag restored afterwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from ..types import Rollouts
+from .base import (
+    SamplingParams,
+    check_length,
+    decode_texts,
+    generator_for,
+    left_pad,
+    model_vocab_size,
+    pad_id_of,
+    validate,
+)
+
+CACHES = ("static", "dynamic")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p on (A, V) float logits; filtered entries become -inf.
+
+    Same rules as transformers' warpers: top-k keeps every token tied with the k-th, top-p keeps the
+    smallest top set whose mass exceeds 1 - top_p counted from the bottom, and always one token.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum <= 1 - top_p
+        drop_sorted[:, -1] = False
+        logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from (A, V) logits; returns tokens (A,) long and their logprobs (A,) float
+    under the filtered, renormalised distribution (greedy: argmax, plain log-softmax)."""
+    logits = logits.float()
+    if params.temperature == 0:
+        tokens = logits.argmax(-1)
+        return tokens, logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
+    probs = filter_logits(logits, params.temperature, params.top_k, params.top_p).softmax(-1)
+    cdf = probs.cumsum(-1)
+    # u < total mass, so the search never runs off the end; a zero-probability token has cdf equal to
+    # its predecessor's and can never be the first entry above u.
+    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
+    # log of the sampled token's probability: never tiny enough to lose float32 precision in practice
+    return tokens, probs.gather(1, tokens[:, None])[:, 0].log()
+
+
+@dataclass
+class _Live:
+    """The rows still in the batch (A of them) and their per-row state."""
+
+    rows: torch.Tensor  # (A,) long, index of each live row in the N output rows
+    mask: torch.Tensor  # (A, P + T) long attention mask: prompt mask, then ones for every completion slot
+    pos: torch.Tensor  # (A, 1) long position id of the token fed next
+    ids: torch.Tensor  # (A, T) long sampled tokens
+    logprobs: torch.Tensor  # (A, T) float
+    done: torch.Tensor  # (A,) bool: row has produced eos or completed a stop string
+
+    def select(self, keep: torch.Tensor) -> _Live:
+        """The rows at positions `keep` (K,) long."""
+        return _Live(*(t[keep] for t in (self.rows, self.mask, self.pos, self.ids, self.logprobs, self.done)))
+
+
+class TorchSampler:
+    """Fast batched sampler (see module doc). `cache`: "static" or "dynamic"; `shrink`: drop finished rows
+    from the batch once the live fraction falls to this value or below (0 never drops)."""
+
+    def __init__(self, tokenizer, cache: str = "static", shrink: float = 0.75):
+        if cache not in CACHES:
+            raise ValueError(f"TorchSampler cache: unknown {cache!r}; choose from {CACHES}")
+        if not 0 <= shrink <= 1:
+            raise ValueError(f"TorchSampler shrink must be in [0, 1], got {shrink}")
+        self.tokenizer, self.cache, self.shrink = tokenizer, cache, shrink
+        self.pad_id = pad_id_of(tokenizer)
+        self._stop_tables: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
+
+    def sample(self, model, prompts: list[list[int]], params: SamplingParams,
+               generator: torch.Generator | None = None) -> Rollouts:
+        """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows."""
+        vocab = model_vocab_size(model)
+        validate(prompts, params, vocab)
+        device = next(model.parameters()).device
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, device)
+        check_length(model, prompt_mask, params.max_new_tokens)
+        generator = generator_for(params, generator, device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                ids, logprobs, lengths, ended = self._generate(model, prompt_ids, prompt_mask, params, generator)
+        finally:
+            model.train(was_training)
+        # clones leave inference mode: the trainer may save these for backward or edit them in place
+        ids, logprobs, lengths, ended = (t.clone() for t in (ids, logprobs, lengths, ended))
+        n = params.n
+        return Rollouts(
+            prompt_ids=prompt_ids.repeat_interleave(n, 0), prompt_mask=prompt_mask.repeat_interleave(n, 0),
+            completion_ids=ids, completion_mask=torch.arange(ids.shape[1], device=device) < lengths[:, None],
+            logprobs=logprobs, truncated=~ended, texts=decode_texts(self.tokenizer, ids, lengths, params.stop))
+
+    def _generate(self, model, prompt_ids, prompt_mask, params, generator):
+        """Prefill, decode, assemble. Returns completion ids (N, T), logprobs (N, T), lengths (N,) and
+        ended (N,) bool (eos or stop produced), with pad / 0 past each row's length."""
+        n, T = params.n, params.max_new_tokens
+        B, P = prompt_ids.shape
+        N, device = B * n, prompt_ids.device
+        cache = self._new_cache(model, P + T)
+        pos = (prompt_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        logits = _forward(model, prompt_ids, prompt_mask.long(), pos, cache, last_only=True)[:, -1]
+        repeat = torch.arange(B, device=device).repeat_interleave(n)
+        if n > 1:
+            cache.reorder_cache(repeat)
+        mask = torch.cat([prompt_mask.long(), torch.ones((B, T), dtype=torch.long, device=device)], 1)
+        live = _Live(rows=torch.arange(N, device=device), mask=mask[repeat], pos=pos[repeat, -1:] + 1,
+                     ids=torch.full((N, T), self.pad_id, dtype=torch.long, device=device),
+                     logprobs=torch.zeros((N, T), device=device), done=torch.zeros(N, dtype=torch.bool, device=device))
+        out = (torch.full((N, T), self.pad_id, dtype=torch.long, device=device), torch.zeros((N, T), device=device))
+        lengths = torch.full((N,), T, dtype=torch.long, device=device)
+        ended = torch.zeros(N, dtype=torch.bool, device=device)
+        is_eos = torch.zeros(model_vocab_size(model), dtype=torch.bool, device=device)
+        is_eos[list(params.eos_ids)] = True
+        may_stop = self._stop_table(params.stop, is_eos.shape[0], device) if params.stop else None
+        logits, steps = logits[repeat], T
+        for t in range(T):
+            tokens, lp = sample_tokens(logits, params, generator)
+            live.ids[:, t], live.logprobs[:, t] = tokens, lp
+            finished = self._finished(live, tokens, t, is_eos, may_stop, params.stop)
+            if finished.any():
+                lengths[live.rows[finished]] = t + 1
+                ended[live.rows[finished]] = True
+                live.done |= finished
+                if bool(live.done.all()):
+                    steps = t + 1
+                    break
+                live = self._maybe_shrink(live, cache, out)
+            if t == T - 1:
+                break
+            feed = live.ids[:, t : t + 1]
+            mask_now = live.mask if self.cache == "static" else live.mask[:, : P + t + 1]
+            logits = _forward(model, feed, mask_now, live.pos, cache, last_only=False)[:, -1]
+            live.pos += 1
+        _flush(live, out)
+        ids, logprobs = out[0][:, :steps], out[1][:, :steps]
+        lengths = lengths.clamp(max=steps)
+        keep = torch.arange(steps, device=device) < lengths[:, None]
+        return ids.masked_fill(~keep, self.pad_id), logprobs.masked_fill(~keep, 0.0), lengths, ended
+
+    def _finished(self, live: _Live, tokens, t: int, is_eos, may_stop, stops) -> torch.Tensor:
+        """(A,) bool: rows that end at step t (first eos or stop string); finished rows stay finished."""
+        finished = is_eos[tokens] & ~live.done
+        if may_stop is not None:
+            candidates = (may_stop[tokens] & ~live.done & ~finished).nonzero()[:, 0].tolist()
+            if candidates:
+                texts = self.tokenizer.batch_decode(live.ids[candidates, : t + 1].tolist(), skip_special_tokens=True)
+                for row, text in zip(candidates, texts):
+                    finished[row] = any(s in text for s in stops)
+        return finished
+
+    def _maybe_shrink(self, live: _Live, cache, out) -> _Live:
+        """Drop finished rows (writing their outputs) once the live fraction is at most `self.shrink`."""
+        alive = ~live.done
+        count = int(alive.sum())
+        if count > self.shrink * live.rows.shape[0]:
+            return live
+        _flush(live.select(live.done.nonzero()[:, 0]), out)
+        keep = alive.nonzero()[:, 0]
+        cache.reorder_cache(keep)
+        return live.select(keep)
+
+    def _new_cache(self, model, max_len: int):
+        """A fresh transformers cache for this model: StaticCache of max_len tokens, or DynamicCache."""
+        if self.cache == "static":
+            return StaticCache(config=model.config, max_cache_len=max_len)
+        return DynamicCache(config=model.config)
+
+    def _stop_table(self, stops: list[str], vocab: int, device) -> torch.Tensor:
+        """(V,) bool: tokens whose text could end a stop string (holds a stop's last character, or decodes to
+        a partial character). Computed once per stop list and vocabulary size."""
+        key = (tuple(stops), vocab)
+        if key not in self._stop_tables:
+            size = min(vocab, len(self.tokenizer))
+            pieces = self.tokenizer.batch_decode([[i] for i in range(size)], skip_special_tokens=True)
+            lasts = {s[-1] for s in stops}
+            table = torch.zeros(vocab, dtype=torch.bool)
+            table[:size] = torch.tensor([any(c in p for c in lasts) or "\ufffd" in p for p in pieces])
+            self._stop_tables[key] = table
+        return self._stop_tables[key].to(device)
+
+
+def _flush(live: _Live, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Write the live rows' ids and logprobs into the (N, T) outputs."""
+    out[0][live.rows] = live.ids
+    out[1][live.rows] = live.logprobs
+
+
+_FORWARD_KW: dict[type, tuple[str, bool]] = {}
+
+
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache, last_only: bool) -> torch.Tensor:
+    """One forward pass through `cache`: ids (A, S), mask (A, L), pos (A, S) → logits (A, S', V), S' = 1
+    when last_only and the model supports `logits_to_keep`, else S."""
+    kind = type(model)
+    if kind not in _FORWARD_KW:
+        names = inspect.signature(model.forward).parameters
+        # transformers 5 renames past_key_values to cache; accept both.
+        _FORWARD_KW[kind] = ("cache" if "cache" in names else "past_key_values", "logits_to_keep" in names)
+    cache_kw, keep_kw = _FORWARD_KW[kind]
+    extra = {"logits_to_keep": 1} if last_only and keep_kw else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache}, **extra)
+    return out.logits
