@@ -30,8 +30,8 @@ from .models import load_model, load_tokenizer
 from .pipeline import base_model, build_task_from
 from .runtime import console, setup
 
-QUICK = ["sft.epochs=20", "rl.steps=30", "rl.eval_every=10", "rl.save_every=10", "task.test_size=300",
-         "task.val_size=100", "eval.samples=4"]
+QUICK = ["sft.epochs=40", "sft.eval_every=50", "rl.steps=20", "rl.eval_every=5", "rl.save_every=10",
+         "task.test_size=300", "task.val_size=100", "eval.samples=4"]
 
 
 def demo_recipe(quick: bool, out: Path, extra: list[str] = ()) -> Recipe:
@@ -80,9 +80,9 @@ def run_demo(out: Path, quick: bool = False, extra: list[str] = ()) -> dict[str,
     sft_stage = sft.train(recipe, out / "sft_rl")
     console.print("demo [2/4] sft_rl: RL from the SFT checkpoint")
     sft_rl_stage = rl.train(_arm(recipe, rl={"init": str(sft_stage)}), out / "sft_rl")
-    console.print("demo [3/4] rl: RL from the untrained model")
-    rl_stage = rl.train(_arm(recipe, rl={"init": "model"}), out / "rl")
     rl_seconds = _summary(sft_rl_stage)["seconds"]
+    console.print("demo [3/4] rl: RL from the untrained model, same steps (and at most the same seconds)")
+    rl_stage = rl.train(_arm(recipe, rl={"init": "model", "max_seconds": rl_seconds}), out / "rl")
     console.print(f"demo [4/4] sft_more: more SFT for the {rl_seconds:.0f}s that RL took")
     more_stage = sft.train(_arm(recipe, sft={
         "init": str(sft_stage), "max_steps": 1_000_000, "max_seconds": rl_seconds, "warmup": 0.0,
@@ -134,7 +134,8 @@ def conclusion(arms: dict[str, Any]) -> str:
     if acc["sft_rl"] > best_other:
         head = (f"Cold start + RL wins: sft_rl reaches {acc['sft_rl']:.1f}% held-out accuracy, "
                 f"{acc['sft_rl'] - acc['sft']:+.1f} points over SFT alone ({acc['sft']:.1f}%) and "
-                f"{acc['sft_rl'] - acc['sft_more']:+.1f} over the same time spent on more SFT ({acc['sft_more']:.1f}%)")
+                f"{acc['sft_rl'] - acc['sft_more']:+.1f} over the same time spent on more SFT "
+                f"({acc['sft_more']:.1f}%)")
     else:
         head = (f"This run does not show the cold-start effect: sft_rl {acc['sft_rl']:.1f}% vs sft {acc['sft']:.1f}%, "
                 f"sft_more {acc['sft_more']:.1f}%, rl {acc['rl']:.1f}%")

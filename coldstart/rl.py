@@ -23,6 +23,7 @@ Deviations from the papers, on purpose:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
     """Sample B prompts × G; with the dynamic filter, resample until B informative groups (or the cap)."""
     B, G = cfg.prompts_per_step, cfg.group_size
     kept_ro, kept_ex, kept_scores, first_metrics, parts = [], [], [], None, []
-    for round_ in range(1 + (cfg.max_resample if cfg.filter == "dynamic" else 0)):
+    for rounds in range(1 + (cfg.max_resample if cfg.filter == "dynamic" else 0)):  # noqa: B007
         examples = prompt_batch(pool, state["cursor"], B, seed)
         state["cursor"] += B
         with Timer(times, "time/generate_s"):
@@ -115,7 +116,7 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
             break
     n = min(len(kept_ex), B)
     ro = select_rows(cat_rollouts(kept_ro, sampler_pad(sampler)), torch.arange(n * G))
-    return ro, kept_ex[:n], torch.cat(kept_scores)[: n * G], first_metrics, parts, round_
+    return ro, kept_ex[:n], torch.cat(kept_scores)[: n * G], first_metrics, parts, rounds
 
 
 def sampler_pad(sampler) -> int:
@@ -149,13 +150,13 @@ def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values,
                          else len(rows) / total_seq)
                 sub = select_rows(ro, rows)  # trimmed to its widest row: slice the (N, T) tensors alike
                 T = sub.completion_ids.shape[1]
-                cut = lambda x: None if x is None else x[rows][:, :T]  # noqa: E731
-                metrics = _micro_step(policy, ref, value_head, sub, cut(mask), cut(adv), cut(returns),
-                                      cut(old_values), cfg, max_tokens, share)
+                cut = [None if x is None else x[rows][:, :T] for x in (mask, adv, returns, old_values)]
+                metrics = _micro_step(policy, ref, value_head, sub, *cut, cfg, max_tokens, share)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * share
                 sums["_w"] += share
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
             sums["_steps"] = sums.get("_steps", 0) + 1
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -200,7 +201,8 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
         policy, sampler, reward_fn, pool, state, cfg, sampling, state["gen"], recipe.run.seed, times)
     row = _rollout_metrics(first, parts, times, rounds)
     if not examples:  # every group uninformative and no refill found one: nothing to learn from
-        return {**row, "rows/trained": 0, "rows/skipped": first["ro"].completion_mask.shape[0]}
+        return {**row, **_passive_metrics(policy, ref, first["ro"], cfg), "rows/trained": 0,
+                "rows/skipped": first["ro"].completion_mask.shape[0], "optimizer_steps": 0}
     with Timer(times, "time/train_s"):
         mask = ro.completion_mask
         token_rewards = values = returns = None
@@ -216,8 +218,27 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
                                                       gamma=cfg.gamma, lam=cfg.lam)
         row.update({k: v for k, v in adv_metrics.items() if k != "groups/zero_std_frac"})
         row.update(update(policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens))
+        if not row["rows/trained"]:  # every advantage was 0: measure the policy without training it
+            row.update(_passive_metrics(policy, ref, ro, cfg))
     row["time/train_s"] = times["time/train_s"]
     return row
+
+
+def _passive_metrics(policy, ref, ro: Rollouts, cfg: RLConfig) -> dict[str, float | None]:
+    """Entropy, KL and sampler/trainer gap from a no-grad forward on up to one micro-batch, for steps
+    that trained nothing (so every metrics row has the same keys)."""
+    sub = select_rows(ro, torch.arange(min(cfg.micro_batch_size, ro.completion_mask.shape[0])))
+    m = sub.completion_mask.float()
+    with torch.no_grad():
+        logp = sequence_logprobs(policy, sub, cfg.temperature)[0]
+        kl = None
+        if ref is not None:
+            kl = float((kl_penalty(logp, sequence_logprobs(ref, sub, cfg.temperature)[0], cfg.kl_type) * m).sum()
+                       / m.sum().clamp(min=1))
+    n = m.sum().clamp(min=1)
+    return {"entropy": float((-logp * m).sum() / n), "kl": kl,
+            "logprob_gap": float(((logp - sub.logprobs).abs() * m).sum() / n),
+            "clip/low_frac": 0.0, "clip/high_frac": 0.0}
 
 
 def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict:
@@ -232,7 +253,8 @@ def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict
         "groups/zero_std_frac": first["groups/zero_std_frac"], "groups/resample_rounds": rounds,
         "length/mean": float(lengths.mean()), "length/max": int(lengths.max()),
         "length/truncated_frac": float(ro.truncated.float().mean()),
-        "time/generate_s": gen_s, "time/reward_s": times.get("time/reward_s", 0.0),
+        "time/generate_s": gen_s, "time/reward_s": times.get("time/reward_s", 0.0), "time/train_s": 0.0,
+        "kl": None,  # stays None without a reference model (kl_coef = 0): nothing to measure against
         "tokens_per_s": float(sum(int(r.lengths.sum()) for r in [ro])) / max(gen_s, 1e-9),
     }
     return row
@@ -286,7 +308,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             state["gen"] = gen
             row = {"step": state["step"] + 1,
                    **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling)}
-            sched.step()
+            with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
             state["step"] += 1
             state["elapsed"] = time.perf_counter() - t_start
             row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state["elapsed"]})

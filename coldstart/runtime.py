@@ -45,7 +45,7 @@ def build_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW
 
 def build_scheduler(optimizer, schedule: str, total_steps: int, warmup: float, min_lr_ratio: float):
     """Linear warmup over `warmup` × total steps, then cosine / linear decay to `min_lr_ratio`, or constant."""
-    warm = int(round(warmup * total_steps))
+    warm = round(warmup * total_steps)
 
     def factor(step: int) -> float:
         if step < warm:

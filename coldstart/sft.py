@@ -158,7 +158,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             inputs = {k: v.to(device) for k, v in collate(batch, pack, tokenizer.pad_token_id).items()}
             loss, n_tok = masked_lm_loss(model, inputs)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"sft: loss is {float(loss)} at step {step}; last checkpoint kept: {last_ckpt}")
+                raise FloatingPointError(f"sft: loss is {float(loss)} at step {step}; "
+                                         f"last checkpoint kept: {last_ckpt}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -37,7 +37,7 @@ def test_unknown_section_and_bad_override(tmp_path):
         load_recipe(write(tmp_path, "trainer: {}\n"))
     with pytest.raises(ConfigError, match="key=value"):
         load_recipe(None, ["rl.steps"])
-    with pytest.raises(ConfigError, match="rl.advantage"):
+    with pytest.raises(ConfigError, match=r"rl\.advantage"):
         load_recipe(None, ["rl.advantage=ppo2"])
 
 

@@ -21,6 +21,7 @@ SAMPLERS_UNDER_TEST = {
     "static": lambda: TorchSampler(TOK, cache="static"),
     "dynamic": lambda: TorchSampler(TOK, cache="dynamic"),
     "static-shrink-always": lambda: TorchSampler(TOK, cache="static", shrink=1.0),
+    "dynamic-never-shrink": lambda: TorchSampler(TOK, cache="dynamic", shrink=0.0),
     "hf": lambda: HFSampler(TOK),
 }
 
@@ -162,7 +163,7 @@ def eos_model(model, token: int):
     return crafted
 
 
-@pytest.mark.parametrize("name", ["static", "dynamic", "static-shrink-always", "hf"])
+@pytest.mark.parametrize("name", ["static", "dynamic", "static-shrink-always", "dynamic-never-shrink", "hf"])
 def test_eos_ends_rows_with_pad_after(model, name):
     plain = greedy_ids(model, 16)
     token = plain[0][3]  # row 0 emits it at step 3 at the latest
@@ -209,6 +210,12 @@ def test_cut_at_stop_and_stop_token_index():
     assert stop_token_index(TOK.decode, ids, ["r>c"]) == 3  # ends inside the text of token 3, "c"
     assert stop_token_index(TOK.decode, ids, ["zz"]) is None
     assert stop_token_index(TOK.decode, TOK.encode("abcd"), ["bc"]) == 2
+
+
+def test_stop_table_marks_tokens_that_can_end_a_stop():
+    table = TorchSampler(TOK)._stop_table(["<an", "xy"], len(TOK), "cpu")
+    ids = TOK.convert_tokens_to_ids(["<answer>", "n", "y", "a", "x", "<code>"])
+    assert table[ids].tolist() == [True, True, True, False, False, False]
 
 
 @pytest.mark.parametrize("name", ["static", "hf"])

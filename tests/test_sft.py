@@ -25,7 +25,7 @@ def test_prompt_tokens_carry_no_loss():
         labels = batch["labels"].flatten().tolist()
         ids = batch["input_ids"].flatten().tolist()
         kept = [i for i, lab in zip(ids, labels) if lab != -100]
-        assert kept == enc.ids[enc.n_prompt :] + [7]
+        assert kept == [*enc.ids[enc.n_prompt :], 7]
         if pack:
             assert batch["position_ids"][0, len(enc.ids)].item() == 0
 

@@ -1,0 +1,91 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from coldstart.cli import main
+
+REQUIRED = ["step", "reward/mean", "reward/std", "groups/zero_std_frac", "entropy", "kl", "clip/low_frac",
+            "clip/high_frac", "length/mean", "length/max", "length/truncated_frac", "logprob_gap",
+            "time/generate_s", "time/reward_s", "time/train_s", "tokens_per_s", "reward/errors"]
+
+
+def rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_run_sft_rl_eval_end_to_end(tmp_path, tiny_overrides):
+    out = tmp_path / "run"
+    code = main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.kl_coef=0.01",
+                 "rl.rewards=[{name: task}, {name: format, weight: 0.1}]"])
+    assert code == 0
+    metrics = rows(out / "rl" / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [1, 2, 3]
+    for key in [*REQUIRED, "reward/task", "reward/format"]:
+        assert key in metrics[-1], key
+    evals = json.loads((out / "eval.json").read_text())
+    assert set(evals) == {"base", "sft", "rl"}
+    for stage in evals.values():
+        assert {"accuracy", "pass@1", "pass@2", "maj@2", "mean@2", "length/mean"} <= stage.keys()
+        assert 0.0 <= stage["pass@1"] <= stage["pass@2"] <= 1.0
+    # a second `run` skips the finished stages
+    assert main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides]) == 0
+    assert len(rows(out / "rl" / "metrics.jsonl")) == 3
+
+
+def test_rl_from_untrained_model_says_groups_are_flat(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "flat"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model"]) == 0
+    metrics = rows(out / "rl" / "metrics.jsonl")
+    assert all(r["groups/zero_std_frac"] == 1.0 for r in metrics)
+    assert all(r["rows/trained"] == 0 for r in metrics)
+    assert "reward std 0" in capsys.readouterr().err
+
+
+def test_a_raising_reward_is_counted_and_training_goes_on(tmp_path, tiny_overrides):
+    out = tmp_path / "boom"
+    rewards = "rl.rewards=[{name: task}, {name: 'tests.fixtures.rewards:sometimes_raises'}]"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model", "rl.filter=none",
+                 rewards]) == 0
+    metrics = rows(out / "rl" / "metrics.jsonl")
+    assert len(metrics) == 3 and all(r["reward/errors"] == 16 for r in metrics)
+
+
+def test_dynamic_filter_and_other_estimators_run(tmp_path, tiny_overrides):
+    for i, extra in enumerate([["rl.filter=dynamic", "rl.advantage=dr_grpo", "rl.loss_agg=constant"],
+                               ["rl.advantage=rloo", "rl.epochs=2", "rl.minibatch_size=8", "rl.micro_batch_size=4"],
+                               ["rl.advantage=reinforce_pp", "rl.kl_coef=0.05", "rl.kl_in_reward=true"],
+                               ["rl.advantage=gae", "rl.kl_coef=0.05", "rl.kl_in_reward=true"]]):
+        out = tmp_path / f"v{i}"
+        assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model",
+                     "rl.steps=2", *extra]) == 0, extra
+        assert len(rows(out / "rl" / "metrics.jsonl")) == 2
+
+
+def test_sigkill_mid_rl_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
+    base = tmp_path / "sft-once"
+    assert main(["sft", "recipes/demo.yaml", "--out", str(base), *tiny_overrides]) == 0
+    args = ["rl", "recipes/demo.yaml", *tiny_overrides, f"rl.init={base / 'sft'}", "rl.steps=8",
+            "rl.save_every=1", "rl.temperature=1.5"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "coldstart.cli", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "rl" / "checkpoints" / "step-000004").exists():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "rl" / "complete.json").exists(), "the run finished before it could be killed"
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    a, b = load_file(str(tmp_path / "straight" / "rl" / "model.safetensors")), load_file(
+        str(killed / "rl" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in rows(killed / "rl" / "metrics.jsonl")] == list(range(1, 9))
