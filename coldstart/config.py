@@ -126,8 +126,7 @@ class EvalConfig(Section):
     samples: int = 4  # k samples per prompt for pass@k / maj@k / mean@k (0: greedy only)
     temperature: float = 1.0
     max_new_tokens: int = 128
-    batch_size: int = 128
-    best_metric: str = "accuracy"  # the metric that picks the best checkpoint
+    batch_size: int = 128  # rollouts per sampling call
 
 
 class Recipe(Section):

@@ -348,6 +348,8 @@ def _warn_flat(row: dict, state: dict) -> None:
     if row["groups/zero_std_frac"] >= 0.9:
         state["flat_steps"] += 1
         if state["flat_steps"] == 1:
+            why = ("the policy almost never succeeds: start RL from an SFT cold start (or an easier task)"
+                   if row["reward/mean"] < 0.5 else "the prompts are too easy for this policy: use harder ones")
             console.print(f"[yellow]rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
-                          "reward std 0 (every sample scored the same), so they carry no learning signal. "
-                          "From an untrained model this is expected: start RL from an SFT cold start.")
+                          f"reward std 0 (every sample scored the same), so they carry no learning signal; "
+                          f"{why}. (`rl.filter: dynamic` resamples such groups.)")
