@@ -139,9 +139,10 @@ def conclusion(arms: dict[str, Any]) -> str:
                 f"{acc['sft_rl'] - acc['sft_more']:+.1f} over the same time spent on more SFT "
                 f"({acc['sft_more']:.1f}%)")
     else:
-        head = (f"This run does not show the cold-start effect: sft_rl {acc['sft_rl']:.1f}% vs sft {acc['sft']:.1f}%, "
-                f"sft_more {acc['sft_more']:.1f}%, rl {acc['rl']:.1f}%")
-    return head + f", while RL alone stays at {acc['rl']:.1f}% because {100 * zs:.0f}% of its groups had identical rewards."
+        head = (f"This run does not show the cold-start effect: sft_rl {acc['sft_rl']:.1f}% vs sft "
+                f"{acc['sft']:.1f}%, sft_more {acc['sft_more']:.1f}%, rl {acc['rl']:.1f}%")
+    return (head + f", while RL alone stays at {acc['rl']:.1f}% because {100 * zs:.0f}% of its groups had "
+            "identical rewards.")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -154,9 +155,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = {"sft": "tab:blue", "rl": "tab:red", "sft_rl": "tab:green", "sft_more": "tab:orange"}
     for name, points in results["curves"].items():
-        if points:
+        if points:  # sft is drawn wide and first: sft_rl and sft_more start on top of its curve
             xs, ys = zip(*points)
-            ax.plot(xs, [100 * y for y in ys], "-", color=colors[name], label=name, alpha=0.85)
+            ax.plot(xs, [100 * y for y in ys], "-", color=colors[name], label=name, alpha=0.85,
+                    lw=4 if name == "sft" else 1.6, zorder=1 if name == "sft" else 2)
         a = results["arms"][name]
         ax.plot([a["seconds"]], [100 * a["accuracy"]], "o", color=colors[name])
     base = results["arms"]["base"]["accuracy"]

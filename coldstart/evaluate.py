@@ -51,7 +51,8 @@ def evaluate_greedy(model, tokenizer, task: Task, examples: list[Example], promp
                     max_new_tokens: int, batch_size: int) -> dict[str, float]:
     """Greedy accuracy and mean completion length on `examples`."""
     if not examples:
-        raise ValueError("evaluation: no held-out examples (task.val_size / task.test_size is 0?)")
+        raise ValueError("evaluation: no held-out examples (task.test_size is 0, or the data's test split is "
+                         "empty: raise task.options.test_frac or give task.options.test_path)")
     params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=eos_ids(tokenizer, model))
     texts, lengths = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params, batch_size)
     scores = [task.verify(ex, t) for ex, t in zip(examples, texts)]

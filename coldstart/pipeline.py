@@ -8,9 +8,13 @@ every stage and every arm of the demo starts from the very same weights. With a 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import MARKER, is_complete
+import torch
+
+from .checkpoint import MARKER, is_complete, latest_checkpoint
 from .config import Recipe, save_recipe
 from .models import build_char_tokenizer, build_tiny_model
 from .tasks import build_task
@@ -47,6 +51,37 @@ def base_model(recipe: Recipe, out: Path, task: Task) -> str | Path:
     save_recipe(recipe, base / "config.yaml")
     (base / MARKER).write_text(json.dumps({"stage": "base", "init": "tiny"}))
     return base
+
+
+@dataclass
+class Stage:
+    """What a training stage starts with: its folder, device, task, start model and resume point."""
+
+    dir: Path
+    device: torch.device
+    task: Task
+    start: str | Path  # the model folder (or hub id) the stage starts from
+    ckpt: Path | None  # the checkpoint to resume from, if any
+    tokenizer: Any
+    model: torch.nn.Module
+
+
+def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) -> Stage:
+    """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
+    checkpoint with `resume`, else from `init`, resolved by runtime.stage_start)."""
+    from .models import load_model, load_tokenizer
+    from .runtime import setup, stage_start
+
+    stage = out / name
+    stage.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, stage / "config.yaml")
+    device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
+    task = build_task_from(recipe)
+    start = stage_start(out, init, base_model(recipe, out, task))
+    ckpt = latest_checkpoint(stage) if resume else None
+    tokenizer = load_tokenizer(ckpt or start)
+    model = load_model(ckpt or start, recipe.run.dtype, device).train()
+    return Stage(stage, device, task, start, ckpt, tokenizer, model)
 
 
 def select_traces(pool: list[Example], budget: int | float) -> list[Example]:

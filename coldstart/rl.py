@@ -41,15 +41,15 @@ from .algorithms import (
     token_logprobs,
     value_loss,
 )
-from .checkpoint import finalize_stage, latest_checkpoint, load_trainer_state, save_checkpoint
-from .config import Recipe, RLConfig, save_recipe
+from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .config import Recipe, RLConfig
 from .evaluate import encode_prompts, evaluate_greedy
-from .models import eos_ids, load_model, load_tokenizer
-from .pipeline import base_model, build_task_from
+from .models import eos_ids, load_model
+from .pipeline import open_stage
 from .rewards import build_reward
 from .rollout import SamplingParams, build_sampler
 from .rollout_utils import cat_rollouts, select_rows
-from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress, setup, stage_start
+from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress
 from .types import Example, Rollouts
 
 
@@ -102,6 +102,7 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
         state["cursor"] += B
         with Timer(times, "time/generate_s"):
             ro = sampler.sample(policy, params["prompt_ids"](examples), params["sampling"], gen)
+        times["tokens"] = times.get("tokens", 0) + int(ro.lengths.sum())
         with Timer(times, "time/reward_s"):
             scores, result = score(reward_fn, examples, ro, G)
         keep, fmetrics = FILTERS[cfg.filter](scores, G)
@@ -255,7 +256,7 @@ def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict
         "length/truncated_frac": float(ro.truncated.float().mean()),
         "time/generate_s": gen_s, "time/reward_s": times.get("time/reward_s", 0.0), "time/train_s": 0.0,
         "kl": None,  # stays None without a reference model (kl_coef = 0): nothing to measure against
-        "tokens_per_s": float(sum(int(r.lengths.sum()) for r in [ro])) / max(gen_s, 1e-9),
+        "tokens_per_s": times.get("tokens", 0) / max(gen_s, 1e-9),  # generated tokens, all sampling rounds
     }
     return row
 
@@ -263,15 +264,9 @@ def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the RL stage into `out/rl`, starting from `rl.init` (default: out/sft if finished, else the base)."""
     cfg, run = recipe.rl, recipe.run
-    stage = out / "rl"
-    stage.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, stage / "config.yaml")
-    device = setup(run.seed, run.threads, run.device)
-    task = build_task_from(recipe)
-    start = stage_start(out, cfg.init, base_model(recipe, out, task))
-    ckpt = latest_checkpoint(stage) if resume else None
-    tokenizer = load_tokenizer(ckpt or start)
-    policy = load_model(ckpt or start, run.dtype, device).train()
+    st = open_stage(recipe, out, "rl", cfg.init, resume)
+    stage, device, task, start, ckpt, tokenizer, policy = (st.dir, st.device, st.task, st.start, st.ckpt,
+                                                           st.tokenizer, st.model)
     ref = None
     if cfg.kl_coef != 0:
         ref = load_model(start, run.dtype, device).eval().requires_grad_(False)
@@ -315,7 +310,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             state["elapsed"] = time.perf_counter() - t_start
             row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state["elapsed"]})
             _warn_flat(row, state)
-            if cfg.eval_every and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
+            if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
                 row["eval/accuracy"] = evaluate_greedy(policy, tokenizer, task, val, recipe.prompt,
                                                        cfg.max_new_tokens, recipe.eval.batch_size)["accuracy"]
                 if state["best"] is None or row["eval/accuracy"] > state["best"]:

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import finalize_stage, latest_checkpoint, load_trainer_state, save_checkpoint
-from .config import Recipe, save_recipe
+from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .config import Recipe
 from .evaluate import evaluate_greedy
-from .models import load_model, load_tokenizer
-from .pipeline import base_model, build_task_from, select_traces
+from .pipeline import open_stage, select_traces
 from .prompts import render_prompt, render_target
-from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress, setup, stage_start
+from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress
 
 
 @dataclass
@@ -117,16 +116,8 @@ def validation_loss(model, seqs: list[Encoded], pack: bool, pad_id: int, device,
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the SFT stage into `out/sft`; return that folder (a Hugging Face model folder)."""
     cfg, run = recipe.sft, recipe.run
-    stage = out / "sft"
-    stage.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, stage / "config.yaml")
-    device = setup(run.seed, run.threads, run.device)
-    task = build_task_from(recipe)
-    start = stage_start(out, cfg.init, base_model(recipe, out, task))
-    ckpt = latest_checkpoint(stage) if resume else None
-    tokenizer = load_tokenizer(ckpt or start)
-    model = load_model(ckpt or start, run.dtype, device)
-    model.train()
+    st = open_stage(recipe, out, "sft", cfg.init, resume)
+    stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
 
     traces = select_traces(task.examples("train", recipe.task.train_size, run.seed), cfg.traces)
     val = task.examples("val", recipe.task.val_size, run.seed)
@@ -170,7 +161,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": n_tok,
                    "lr": sched.get_last_lr()[0], "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"]}
             stop = False
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+            if cfg.eval_every and val and (step % cfg.eval_every == 0 or step == total):
                 stop = _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage)
             out_of_time = cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds
             log.write(row)

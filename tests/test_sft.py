@@ -89,3 +89,32 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _write_jsonl(path, n, bad_line=None):
+    import json
+
+    lines = []
+    for i in range(n):
+        a, b = i % 10, (i * 7) % 10
+        lines.append(json.dumps({"q": f"{a}+{b}", "target": str(a + b), "cot": f"{a}+{b}={a + b}"}))
+    if bad_line is not None:
+        lines.insert(bad_line - 1, '{"q": "1+1", "target": ')
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_file_task_through_the_cli(tmp_path, tiny_overrides, capsys):
+    data = tmp_path / "data.jsonl"
+    _write_jsonl(data, 60)
+    task = ["task.name=file", f"task.options={{path: '{data}', fields: {{prompt: q, answer: target, solution: cot}}}}",
+            "sft.traces=0.5"]
+    assert main(["run", "recipes/demo.yaml", "--out", str(tmp_path / "ok"), *tiny_overrides, *task,
+                 "rl.steps=1"]) == 0
+    assert (tmp_path / "ok" / "eval.json").is_file()
+
+    bad = tmp_path / "bad.jsonl"
+    _write_jsonl(bad, 20, bad_line=4)
+    task[1] = task[1].replace(str(data), str(bad))
+    assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path / "bad"), *tiny_overrides, *task]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 4" in err

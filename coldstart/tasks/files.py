@@ -200,14 +200,23 @@ class FileTask:
     dropped: dict[str, int] = field(default_factory=dict)  # per source option: records dropped as held out
 
     def examples(self, split: str, n: int | None, seed: int) -> list[Example]:
-        """n examples of `split` in a seed-determined order (all of them for n=None)."""
+        """Up to n examples of `split` in a seed-determined order (all of them for n=None).
+
+        A file is finite: asking for more than the split holds returns the whole split, with a warning
+        (the recipe's default val/test sizes must not break a small data set). An empty split raises.
+        """
         check_split(split)
         pool = self.splits[split]
         if n is None:
             n = len(pool)
-        if not 0 <= n <= len(pool):
-            raise ValueError(f"{self.name}: asked for n={n} {split} examples but the split has {len(pool)}; "
-                             "ask for fewer, or change val_frac / test_frac / val_path / test_path")
+        if n < 0:
+            raise ValueError(f"{self.name}: n must be >= 0, got {n}")
+        if n and not pool and split == "train":
+            raise ValueError(f"{self.name}: the train split is empty (val_frac / test_frac too large?)")
+        if n > len(pool):
+            log.warning("%s: asked for %d %s examples, the split has %d: using all of them",
+                        self.name, n, split, len(pool))
+            n = len(pool)
         order = list(pool)
         rng_for(self.seed, seed, split).shuffle(order)  # shuffle then cut: n=m is a prefix of n>m
         return order[:n]
