@@ -206,6 +206,7 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
                 "rows/skipped": first["ro"].completion_mask.shape[0], "optimizer_steps": 0}
     with Timer(times, "time/train_s"):
         mask = ro.completion_mask
+        scores = scores.to(mask.device)  # rewards are computed on the CPU
         token_rewards = values = returns = None
         if cfg.kl_in_reward and ref is not None:  # ReFT / REINFORCE++: −β·KL per token in the reward
             with torch.no_grad():
