@@ -89,3 +89,23 @@ def test_sigkill_mid_rl_then_resume_gives_identical_weights(tmp_path, tiny_overr
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [r["step"] for r in rows(killed / "rl" / "metrics.jsonl")] == list(range(1, 9))
+
+
+def test_other_architectures_from_a_model_folder(tmp_path, tiny_overrides):
+    """A user's own Hugging Face folder (GPT-2 and Llama here, built locally) runs sft → rl → eval."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from coldstart.models import build_char_tokenizer, build_tiny_model
+
+    tok = build_char_tokenizer()
+    folders = {"gpt2": tmp_path / "gpt2", "llama": tmp_path / "llama"}
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128,
+                               eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)).save_pretrained(
+        folders["gpt2"])
+    build_tiny_model(len(tok), arch="llama", hidden_size=32, layers=1, heads=2).save_pretrained(folders["llama"])
+    for name, folder in folders.items():
+        tok.save_pretrained(folder)
+        out = tmp_path / f"run-{name}"
+        assert main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "model.init=pretrained",
+                     f"model.path={folder}", "rl.steps=2", "rl.filter=none"]) == 0, name
+        assert set(json.loads((out / "eval.json").read_text())) == {"base", "sft", "rl"}
