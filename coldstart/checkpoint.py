@@ -137,12 +137,21 @@ def load_trainer_state(
     return json.loads((sdir / "state.json").read_text())
 
 
-def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, Any]) -> None:
-    """Export checkpoint `ckpt` as the stage's own model folder, then write the completion marker last."""
+def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, Any],
+                   lora_base: str | Path | None = None) -> None:
+    """Export checkpoint `ckpt` as the stage's own model folder, then write the completion marker last.
+
+    A LoRA checkpoint holds only the adapter: it is copied to `stage_dir/adapter/`, and the adapter merged
+    into `lora_base` is saved as the stage's model, so the folder still loads with AutoModelForCausalLM.
+    """
     stage_dir, ckpt = Path(stage_dir), Path(ckpt)
     (stage_dir / MARKER).unlink(missing_ok=True)
+    if lora_base is not None:
+        _export_merged(stage_dir, ckpt, lora_base)
     for src in ckpt.iterdir():
-        dst = stage_dir / src.name
+        is_adapter = src.name.startswith("adapter_") or (lora_base is not None and src.name == "README.md")
+        dst = stage_dir / ("adapter" if is_adapter else "") / src.name
+        dst.parent.mkdir(exist_ok=True)
         tmp = stage_dir / f".tmp-{src.name}"
         if src.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -151,10 +160,24 @@ def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, A
         else:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
-    _fsync_tree(stage_dir / STATE_DIR)
+    _fsync_tree(stage_dir)
     marker_tmp = stage_dir / f".tmp-{MARKER}"
     marker_tmp.write_text(json.dumps({**summary, "from_checkpoint": ckpt.name}, indent=1))
     os.replace(marker_tmp, stage_dir / MARKER)
+
+
+def _export_merged(stage_dir: Path, ckpt: Path, base: str | Path) -> None:
+    """Merge the adapter in `ckpt` into `base` and write the full model files into `stage_dir`."""
+    from .models import load_lora
+
+    merged = load_lora(base, ckpt).merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-merged-", dir=stage_dir))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        for src in tmp.iterdir():
+            os.replace(src, stage_dir / src.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_complete(stage_dir: str | Path) -> bool:

@@ -29,6 +29,13 @@ class RunConfig(Section):
     quiet: bool = False  # no progress bars
 
 
+class LoraConfig(Section):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"  # peft's shorthand, or module names like [q_proj, v_proj]
+
+
 class ModelConfig(Section):
     path: str | None = None  # a local Hugging Face folder or a hub id; None with init: tiny
     init: Literal["pretrained", "tiny"] = "pretrained"
@@ -39,6 +46,7 @@ class ModelConfig(Section):
     kv_heads: int | None = None
     intermediate_size: int | None = None
     max_len: int = 512  # longest prompt + completion, in tokens
+    lora: LoraConfig | None = None  # train LoRA adapters (peft) instead of full weights, in sft and rl
 
 
 class TaskConfig(Section):

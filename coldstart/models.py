@@ -150,3 +150,30 @@ def eos_ids(tokenizer, model=None) -> list[int]:
     if gen_eos is not None:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     return sorted(ids)
+
+
+def add_lora(model: torch.nn.Module, r: int, alpha: int, dropout: float, target_modules) -> torch.nn.Module:
+    """Wrap `model` with fresh trainable LoRA adapters (peft); only the adapters require grad."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_lora(base: str | Path, adapter: str | Path, dtype: str = "float32", device="cpu") -> torch.nn.Module:
+    """The base model with the (trainable) adapter saved in `adapter` attached."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(base, dtype, device), str(adapter), is_trainable=True)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """True for a peft-wrapped model."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "merge_and_unload")
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

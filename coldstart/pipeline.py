@@ -69,8 +69,8 @@ class Stage:
 def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) -> Stage:
     """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
     checkpoint with `resume`, else from `init`, resolved by runtime.stage_start)."""
-    from .models import load_model, load_tokenizer
-    from .runtime import setup, stage_start
+    from .models import add_lora, count_parameters, load_lora, load_model, load_tokenizer
+    from .runtime import console, setup, stage_start
 
     stage = out / name
     stage.mkdir(parents=True, exist_ok=True)
@@ -80,8 +80,17 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     start = stage_start(out, init, base_model(recipe, out, task))
     ckpt = latest_checkpoint(stage) if resume else None
     tokenizer = load_tokenizer(ckpt or start)
-    model = load_model(ckpt or start, recipe.run.dtype, device).train()
-    return Stage(stage, device, task, start, ckpt, tokenizer, model)
+    lora = recipe.model.lora
+    if lora is None:
+        model = load_model(ckpt or start, recipe.run.dtype, device)
+    elif ckpt is not None:  # a LoRA checkpoint holds the adapter only: the base is the stage's start
+        model = load_lora(start, ckpt, recipe.run.dtype, device)
+    else:
+        model = add_lora(load_model(start, recipe.run.dtype, device), lora.r, lora.alpha, lora.dropout,
+                         lora.target_modules)
+    trainable, total = count_parameters(model)
+    console.print(f"{name}: {trainable:,} trainable parameters of {total:,}" + (" (LoRA)" if lora else ""))
+    return Stage(stage, device, task, start, ckpt, tokenizer, model.train())
 
 
 def select_traces(pool: list[Example], budget: int | float) -> list[Example]:

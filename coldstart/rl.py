@@ -44,13 +44,24 @@ from .algorithms import (
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe, RLConfig
 from .evaluate import encode_prompts, evaluate_greedy
-from .models import eos_ids, load_model
+from .models import eos_ids, is_lora, load_model
 from .pipeline import open_stage
 from .rewards import build_reward
 from .rollout import SamplingParams, build_sampler
 from .rollout_utils import cat_rollouts, select_rows
 from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress
 from .types import Example, Rollouts
+
+
+class AdapterOff:
+    """Calls a peft model with its adapters disabled: the frozen reference policy of a LoRA run."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, **inputs):
+        with self.policy.disable_adapter():
+            return self.policy(**inputs)
 
 
 def prompt_batch(pool: list[Example], cursor: int, n: int, seed: int) -> list[Example]:
@@ -269,8 +280,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     stage, device, task, start, ckpt, tokenizer, policy = (st.dir, st.device, st.task, st.start, st.ckpt,
                                                            st.tokenizer, st.model)
     ref = None
-    if cfg.kl_coef != 0:
-        ref = load_model(start, run.dtype, device).eval().requires_grad_(False)
+    if cfg.kl_coef != 0:  # with LoRA the reference is the policy with its adapter switched off: no second copy
+        ref = (AdapterOff(policy) if is_lora(policy)
+               else load_model(start, run.dtype, device).eval().requires_grad_(False))
     value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device) if cfg.advantage == "gae" else None
     if value_head is not None:
         torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
@@ -327,8 +339,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     last = save()
     best = stage / "checkpoints" / "best"
     final = best if cfg.keep_best and best.is_dir() else last
-    finalize_stage(stage, final, {"stage": "rl", "steps": state["step"], "seconds": state["elapsed"],
-                                  "best_val_accuracy": state["best"], "flat_steps": state["flat_steps"]})
+    summary = {"stage": "rl", "steps": state["step"], "seconds": state["elapsed"],
+               "best_val_accuracy": state["best"], "flat_steps": state["flat_steps"]}
+    finalize_stage(stage, final, summary, lora_base=start if recipe.model.lora else None)
     if state["flat_steps"]:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")

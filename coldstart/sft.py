@@ -174,8 +174,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     last_ckpt = save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched)
     best = stage / "checkpoints" / "best"
     final = best if best.is_dir() else last_ckpt
-    finalize_stage(stage, final, {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
-                                  "seconds": state["elapsed"], "traces": len(seqs)})
+    summary = {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
+               "seconds": state["elapsed"], "traces": len(seqs)}
+    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
     console.print(f"sft: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
     return stage
 

@@ -109,3 +109,24 @@ def test_other_architectures_from_a_model_folder(tmp_path, tiny_overrides):
         assert main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "model.init=pretrained",
                      f"model.path={folder}", "rl.steps=2", "rl.filter=none"]) == 0, name
         assert set(json.loads((out / "eval.json").read_text())) == {"base", "sft", "rl"}
+
+
+def test_lora_sft_then_rl_with_kl_from_the_disabled_adapter(tmp_path, tiny_overrides, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    lora = "model.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
+    assert main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, lora, "rl.kl_coef=0.05",
+                 "rl.filter=none", "sft.lr=0.01"]) == 0
+    err = capsys.readouterr().err
+    assert "trainable parameters of" in err and "(LoRA)" in err
+    for stage in ("sft", "rl"):
+        assert (out / stage / "adapter" / "adapter_config.json").is_file()
+        merged = AutoModelForCausalLM.from_pretrained(out / stage)  # a plain HF folder, adapter merged in
+        assert not any("lora" in k for k in merged.state_dict())
+    metrics = rows(out / "rl" / "metrics.jsonl")
+    assert all(r["kl"] is not None and r["kl"] >= 0 for r in metrics)
+    base = AutoModelForCausalLM.from_pretrained(out / "base").state_dict()
+    sft = AutoModelForCausalLM.from_pretrained(out / "sft").state_dict()
+    assert torch.equal(base["model.embed_tokens.weight"], sft["model.embed_tokens.weight"])  # frozen
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], sft["model.layers.0.self_attn.q_proj.weight"])

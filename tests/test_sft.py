@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -70,8 +71,9 @@ def _weights(stage):
     return load_file(str(stage / "model.safetensors"))
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
-    args = ["sft", "recipes/demo.yaml", *tiny_overrides, "sft.max_steps=16", "sft.save_every=2"]
+@pytest.mark.parametrize("extra", [[], ["model.lora={r: 4, alpha: 8}"]], ids=["full", "lora"])
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_overrides, extra):
+    args = ["sft", "recipes/demo.yaml", *tiny_overrides, "sft.max_steps=16", "sft.save_every=2", *extra]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
 
     killed = tmp_path / "killed"
