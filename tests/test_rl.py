@@ -129,4 +129,5 @@ def test_lora_sft_then_rl_with_kl_from_the_disabled_adapter(tmp_path, tiny_overr
     base = AutoModelForCausalLM.from_pretrained(out / "base").state_dict()
     sft = AutoModelForCausalLM.from_pretrained(out / "sft").state_dict()
     assert torch.equal(base["model.embed_tokens.weight"], sft["model.embed_tokens.weight"])  # frozen
-    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], sft["model.layers.0.self_attn.q_proj.weight"])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[q], sft[q])
