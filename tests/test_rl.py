@@ -131,3 +131,14 @@ def test_lora_sft_then_rl_with_kl_from_the_disabled_adapter(tmp_path, tiny_overr
     assert torch.equal(base["model.embed_tokens.weight"], sft["model.embed_tokens.weight"])  # frozen
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(base[q], sft[q])
+
+
+def test_reasoning_gym_task_rl_and_sft_without_traces(tmp_path, tiny_overrides, capsys):
+    gym = ["task.name=gym:chain_sum", "task.options={}", "task.train_size=40", "prompt.system=true", "model.max_len=256",
+           "rl.steps=1", "rl.filter=none", "rl.rewards=[{name: task}, {name: accuracy}]"]
+    out = tmp_path / "gym"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, *gym]) == 0
+    row = rows(out / "rl" / "metrics.jsonl")[0]
+    assert {"reward/task", "reward/accuracy"} <= row.keys()
+    assert main(["sft", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, *gym]) == 2
+    assert "no solution traces" in capsys.readouterr().err
