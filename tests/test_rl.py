@@ -134,8 +134,8 @@ def test_lora_sft_then_rl_with_kl_from_the_disabled_adapter(tmp_path, tiny_overr
 
 
 def test_reasoning_gym_task_rl_and_sft_without_traces(tmp_path, tiny_overrides, capsys):
-    gym = ["task.name=gym:chain_sum", "task.options={}", "task.train_size=40", "prompt.system=true", "model.max_len=256",
-           "rl.steps=1", "rl.filter=none", "rl.rewards=[{name: task}, {name: accuracy}]"]
+    gym = ["task.name=gym:chain_sum", "task.options={}", "task.train_size=40", "prompt.system=true",
+           "model.max_len=256", "rl.steps=1", "rl.filter=none", "rl.rewards=[{name: task}, {name: accuracy}]"]
     out = tmp_path / "gym"
     assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, *gym]) == 0
     row = rows(out / "rl" / "metrics.jsonl")[0]
