@@ -124,7 +124,8 @@ class RLConfig(Section):
     gamma: float = 1.0
     lam: float = 0.95
     vf_coef: float = 0.5  # gae only: value-head loss weight
-    eval_every: int = 0  # greedy accuracy on the val split every N steps; 0: never during RL
+    eval_every: int = 0  # evaluate on the val split every N steps (eval/... metrics); 0: never during RL
+    eval_samples: int = 0  # k samples per val prompt for eval/pass@k, maj@k, mean@k (0: greedy metrics only)
     keep_best: bool = True  # export the checkpoint with the best val accuracy (when eval_every > 0)
     save_every: int = 10
     max_seconds: float | None = None

@@ -43,7 +43,7 @@ from .algorithms import (
 )
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe, RLConfig
-from .evaluate import encode_prompts, evaluate_greedy
+from .evaluate import encode_prompts, evaluate
 from .models import eos_ids, is_lora, load_model
 from .pipeline import open_stage
 from .rewards import build_reward
@@ -324,8 +324,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state["elapsed"]})
             _warn_flat(row, state)
             if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
-                row["eval/accuracy"] = evaluate_greedy(policy, tokenizer, task, val, recipe.prompt,
-                                                       cfg.max_new_tokens, recipe.eval.batch_size)["accuracy"]
+                row.update(_evaluate_val(policy, tokenizer, task, val, recipe))
                 if state["best"] is None or row["eval/accuracy"] > state["best"]:
                     state["best"] = row["eval/accuracy"]
                     save("best")
@@ -346,6 +345,15 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
     return stage
+
+
+def _evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, float]:
+    """The evaluation suite on the val split, as `eval/...` metrics: greedy accuracy, length, reflections,
+    and with `rl.eval_samples` = k > 0 also pass@k, maj@k and mean@k from k samples per prompt."""
+    cfg = recipe.eval.model_copy(update={"samples": recipe.rl.eval_samples,
+                                         "max_new_tokens": recipe.rl.max_new_tokens})
+    result = evaluate(policy, tokenizer, task, val, recipe.prompt, cfg, recipe.run.seed)
+    return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
 
 
 def _public(state: dict) -> dict:

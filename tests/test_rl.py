@@ -22,11 +22,13 @@ def rows(path):
 def test_run_sft_rl_eval_end_to_end(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     code = main(["run", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.kl_coef=0.01",
+                 "rl.eval_every=3", "rl.eval_samples=2",
                  "rl.rewards=[{name: task}, {name: format, weight: 0.1}]"])
     assert code == 0
     metrics = rows(out / "rl" / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3]
-    for key in [*REQUIRED, "reward/task", "reward/format"]:
+    for key in [*REQUIRED, "reward/task", "reward/format", "eval/accuracy", "eval/pass@2", "eval/maj@2",
+                "eval/length/mean", "eval/reflections/mean"]:
         assert key in metrics[-1], key
     evals = json.loads((out / "eval.json").read_text())
     assert set(evals) == {"base", "sft", "rl"}
