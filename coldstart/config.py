@@ -88,6 +88,16 @@ class RewardSpec(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class PadConfig(Section):
+    """PAD (ALGORITHMS.md §20); the paper gives no thresholds or ρ: these defaults are our reading."""
+
+    t_low: float = 1e-6  # keep sequences with t_low ≤ |advantage| ≤ t_high (t_low > 0 drops zero-advantage rows)
+    t_high: float = 1e9
+    rho: float = 0.5  # keep k' = min(ρ·N, |E|) sequences
+    tau_start: float = 1.0  # softmax temperature of the priority, annealed linearly over the run
+    tau_end: float = 0.3
+
+
 class RLConfig(Section):
     init: str = "auto"  # auto: DIR/sft when it exists, else model; "model": the base model; or a folder
     steps: int = 50
@@ -118,8 +128,11 @@ class RLConfig(Section):
     epochs: int = 1  # μ: update passes over each rollout batch
     minibatch_size: int | None = None  # rollouts per optimizer step; None: the whole batch
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation)
-    filter: Literal["none", "dynamic"] = "none"
+    # none | dynamic (DAPO: resample new prompts for flat groups) | dupo (WebSailor: duplicate informative
+    # groups of the batch instead) | pad (ReVisual-R1: |advantage| band + prioritised subsampling, see rl.pad)
+    filter: Literal["none", "dynamic", "dupo", "pad"] = "none"
     max_resample: int = 3  # dynamic filter: extra sampling rounds to refill the batch
+    pad: PadConfig = Field(default_factory=lambda: PadConfig())
     overlong_filter: bool = False  # mask truncated completions out of the loss (DAPO)
     gamma: float = 1.0
     lam: float = 0.95

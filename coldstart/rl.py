@@ -32,10 +32,11 @@ import torch
 from .algorithms import (
     ADVANTAGES,
     FILTERS,
-    expand_group_mask,
+    expand_groups,
     gae,
     kl_penalty,
     outcome_token_rewards,
+    pad_select,
     policy_loss,
     token_entropy,
     token_logprobs,
@@ -116,13 +117,15 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
         times["tokens"] = times.get("tokens", 0) + int(ro.lengths.sum())
         with Timer(times, "time/reward_s"):
             scores, result = score(reward_fn, examples, ro, G)
-        keep, fmetrics = FILTERS[cfg.filter](scores, G)
+        # pad selects sequences after the advantage (rl_step); at the group stage it keeps every group
+        opts = {"generator": gen} if cfg.filter == "dupo" else {}
+        keep, fmetrics = FILTERS["none" if cfg.filter == "pad" else cfg.filter](scores, G, **opts)
         if first_metrics is None:  # what the policy itself produced, before any refill
             first_metrics = {"result": result, "scores": scores, "ro": ro, **fmetrics}
         parts.append(result)
-        rows = expand_group_mask(keep, G)
+        rows = expand_groups(keep, G)  # keep: (K,) group indices, repeated ones duplicated (dupo)
         kept_ro.append(select_rows(ro, rows))
-        kept_ex += [ex for ex, k in zip(examples, keep.tolist()) if k]
+        kept_ex += [examples[g] for g in keep.tolist()]
         kept_scores.append(scores[rows])
         if len(kept_ex) >= B:
             break
@@ -230,11 +233,29 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
         adv, adv_metrics = ADVANTAGES[cfg.advantage](scores, mask, G, token_rewards=token_rewards, values=values,
                                                       gamma=cfg.gamma, lam=cfg.lam)
         row.update({k: v for k, v in adv_metrics.items() if k != "groups/zero_std_frac"})
+        if cfg.filter == "pad":  # ReVisual-R1 PAD: a prioritised subset of the sequences goes into the loss
+            ro, adv, returns, values = _pad(ro, adv, returns, values, state, recipe, row)
         row.update(update(policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens))
         if not row["rows/trained"]:  # every advantage was 0: measure the policy without training it
             row.update(_passive_metrics(policy, ref, ro, cfg))
     row["time/train_s"] = times["time/train_s"]
     return row
+
+
+def _pad(ro: Rollouts, adv, returns, values, state: dict, recipe: Recipe, row: dict):
+    """PAD row selection (filters.pad_select) with τ annealed linearly over the run; slices every (N, T) input."""
+    cfg, pad = recipe.rl, recipe.rl.pad
+    frac = state["step"] / max(1, cfg.steps - 1)
+    tau = pad.tau_start + (pad.tau_end - pad.tau_start) * min(1.0, frac)
+    m = ro.completion_mask.float()
+    seq_adv = (adv * m).sum(1) / m.sum(1).clamp(min=1)  # (N,): the sequence's (mean) advantage
+    rows, metrics = pad_select(seq_adv.cpu(), t_low=pad.t_low, t_high=pad.t_high, rho=pad.rho, tau=tau,
+                               generator=state["gen"])
+    row.update(metrics)
+    sub = select_rows(ro, rows)
+    T = sub.completion_ids.shape[1]
+    cut = [None if x is None else x[rows][:, :T] for x in (adv, returns, values)]
+    return (sub, *cut)
 
 
 def _passive_metrics(policy, ref, ro: Rollouts, cfg: RLConfig) -> dict[str, float | None]:
@@ -263,7 +284,7 @@ def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict
         "reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
         **{k: v for k, v in result.metrics().items() if k not in ("reward/mean", "reward/std")},
         "reward/errors": sum(r.errors for r in parts),
-        "groups/zero_std_frac": first["groups/zero_std_frac"], "groups/resample_rounds": rounds,
+        **{k: v for k, v in first.items() if k.startswith("groups/")}, "groups/resample_rounds": rounds,
         "length/mean": float(lengths.mean()), "length/max": int(lengths.max()),
         "length/truncated_frac": float(ro.truncated.float().mean()),
         "time/generate_s": gen_s, "time/reward_s": times.get("time/reward_s", 0.0), "time/train_s": 0.0,

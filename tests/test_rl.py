@@ -144,3 +144,26 @@ def test_reasoning_gym_task_rl_and_sft_without_traces(tmp_path, tiny_overrides, 
     assert {"reward/task", "reward/accuracy"} <= row.keys()
     assert main(["sft", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, *gym]) == 2
     assert "no solution traces" in capsys.readouterr().err
+
+
+def test_dupo_and_pad_filters_train(tmp_path, tiny_overrides):
+    """From a checkpoint that solves some problems, so groups are informative; reward is 1 for short outputs."""
+    base = tmp_path / "sft"
+    assert main(["sft", "recipes/demo.yaml", "--out", str(base), *tiny_overrides]) == 0
+    length = "rl.rewards=[{name: 'tests.fixtures.rewards:length_bonus'}]"
+    for flt in ("dupo", "pad"):
+        out = tmp_path / flt
+        assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, f"rl.init={base / 'sft'}",
+                     f"rl.filter={flt}", length, "rl.temperature=2.0"]) == 0
+        metrics = rows(out / "rl" / "metrics.jsonl")
+        assert len(metrics) == 3 and all(r["rows/trained"] > 0 for r in metrics), flt
+        if flt == "pad":
+            assert all(r["pad/kept"] == 8 for r in metrics)  # rho 0.5 of 16 rows, all with |adv| > 0
+            taus = [r["pad/tau"] for r in metrics]
+            assert taus[0] == 1.0 and abs(taus[-1] - 0.3) < 1e-9
+    # dupo: only group 0 of 4 is informative; it is duplicated into the other 3 slots
+    out = tmp_path / "dupo-one"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, f"rl.init={base / 'sft'}",
+                 "rl.filter=dupo", "rl.rewards=[{name: 'tests.fixtures.rewards:first_row_only'}]"]) == 0
+    for r in rows(out / "rl" / "metrics.jsonl"):
+        assert r["groups/zero_std_frac"] == 0.75 and r["groups/duplicated"] == 3 and r["rows/trained"] == 16

@@ -6,7 +6,7 @@
 """
 
 from coldstart.algorithms.advantages import ADVANTAGES, gae, outcome_token_rewards
-from coldstart.algorithms.filters import FILTERS, expand_group_mask, group_std
+from coldstart.algorithms.filters import FILTERS, expand_group_mask, expand_groups, group_std, pad_select
 from coldstart.algorithms.losses import (
     AGGREGATIONS,
     kl_penalty,
@@ -21,10 +21,12 @@ __all__ = [
     "AGGREGATIONS",
     "FILTERS",
     "expand_group_mask",
+    "expand_groups",
     "gae",
     "group_std",
     "kl_penalty",
     "outcome_token_rewards",
+    "pad_select",
     "policy_loss",
     "token_entropy",
     "token_logprobs",

@@ -2,10 +2,11 @@
 
 Every filter in `FILTERS` has one signature:
 
-    fn(scores (N,), group_size, **opts) -> (keep (B,) bool, metrics)
+    fn(scores (N,), group_size, **opts) -> (groups (K,) long, metrics)
 
-Rows are grouped prompt-major (row i belongs to group i // group_size); `expand_group_mask(keep, G)`
-turns the group mask into a row mask (N,). Unknown options raise ValueError naming them.
+`groups` are the indices of the groups that go into the loss, in order; an index may repeat (DUPO
+duplicates groups). Rows are grouped prompt-major (row i belongs to group i // group_size);
+`expand_groups(groups, G)` turns them into row indices (K×G,). Unknown options raise ValueError naming them.
 
 - `none`: keep every group.
 - `dynamic` (DAPO dynamic sampling, ALGORITHMS.md §0.3): keep the groups whose scores are not all equal
@@ -14,6 +15,13 @@ turns the group mask into a row mask (N,). Unknown options raise ValueError nami
   *resamples* new prompts until the batch is full; that refill belongs to the loop, not to this function.
   Deviation from verl's recipe: verl keeps groups of size 1; we raise, since every group of one is "all
   equal" and the filter would be meaningless.
+
+- `dupo` (WebSailor's DUPO, ALGORITHMS.md §1): drop the all-equal groups like `dynamic`, then fill the
+  batch back to B groups by duplicating informative groups of the same batch, drawn uniformly with
+  replacement (option `generator`, a torch.Generator, for reproducibility) instead of sampling new
+  prompts. All groups flat: nothing to duplicate, K = 0.
+
+`pad` (ReVisual-R1's PAD, §20) works on sequences after the advantage, not on groups: see `pad_select`.
 
 Metrics: `groups/zero_std_frac` (share of groups with all-equal scores), `groups/kept` (count),
 `groups/kept_frac`, `groups/std_mean`.
@@ -51,6 +59,11 @@ def group_std(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     return _groups(scores, group_size).std(-1, correction=0)
 
 
+def expand_groups(groups: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(K,) group indices → (K×G,) row indices, each group's G rows in order."""
+    return (groups.long()[:, None] * group_size + torch.arange(group_size)).flatten()
+
+
 def expand_group_mask(keep: torch.Tensor, group_size: int) -> torch.Tensor:
     """(B,) bool group mask → (N,) bool row mask, prompt-major (row i follows group i // group_size)."""
     if keep.dim() != 1 or group_size < 1:
@@ -69,24 +82,65 @@ def _metrics(groups: torch.Tensor, keep: torch.Tensor) -> Metrics:
 
 
 def none(scores: torch.Tensor, group_size: int, **opts: Any) -> tuple[torch.Tensor, Metrics]:
-    """Keep all groups: (N,) scores → ((B,) all True, metrics). Accepts `min_std` and ignores it."""
+    """Keep all groups: (N,) scores → ((B,) indices 0..B-1, metrics). Accepts `min_std` and ignores it."""
     _options("none", opts, {"min_std": 0.0})
     groups = _groups(scores, group_size)
     keep = torch.ones(groups.shape[0], dtype=torch.bool)
-    return keep, _metrics(groups, keep)
+    return keep.nonzero().flatten(), _metrics(groups, keep)
 
 
 def dynamic(scores: torch.Tensor, group_size: int, **opts: Any) -> tuple[torch.Tensor, Metrics]:
-    """DAPO dynamic sampling: (N,) scores → ((B,) True where the group's scores differ, metrics)."""
+    """DAPO dynamic sampling: (N,) scores → ((K,) indices of the groups whose scores differ, metrics)."""
     min_std = float(_options("dynamic", opts, {"min_std": 0.0})["min_std"])
     if min_std < 0:
         raise ValueError(f"min_std must be >= 0, got {min_std}")
     groups = _groups(scores, group_size)
     if group_size < 2:
         raise ValueError("filter 'dynamic' needs group_size >= 2: a group of one always has equal scores")
+    keep = _informative(groups, min_std)
+    return keep.nonzero().flatten(), _metrics(groups, keep)
+
+
+def _informative(groups: torch.Tensor, min_std: float) -> torch.Tensor:
     # max != min rather than std > 0: the std of equal floats such as 0.1 can round to a tiny non-zero
-    keep = (groups.amax(-1) != groups.amin(-1)) & (groups.std(-1, correction=0) > min_std)
-    return keep, _metrics(groups, keep)
+    return (groups.amax(-1) != groups.amin(-1)) & (groups.std(-1, correction=0) > min_std)
 
 
-FILTERS: dict[str, FilterFn] = {"none": none, "dynamic": dynamic}
+def dupo(scores: torch.Tensor, group_size: int, **opts: Any) -> tuple[torch.Tensor, Metrics]:
+    """DUPO: (N,) scores → ((B,) indices: the informative groups, then duplicates of them drawn uniformly)."""
+    o = _options("dupo", opts, {"min_std": 0.0, "generator": None})
+    groups = _groups(scores, group_size)
+    if group_size < 2:
+        raise ValueError("filter 'dupo' needs group_size >= 2: a group of one always has equal scores")
+    keep = _informative(groups, float(o["min_std"]))
+    kept = keep.nonzero().flatten()
+    if len(kept) == 0:
+        return kept, {**_metrics(groups, keep), "groups/duplicated": 0.0}
+    extra = kept[torch.randint(len(kept), (groups.shape[0] - len(kept),), generator=o["generator"])]
+    return torch.cat([kept, extra]), {**_metrics(groups, keep), "groups/duplicated": float(len(extra))}
+
+
+def pad_select(adv: torch.Tensor, *, t_low: float = 1e-6, t_high: float = float("inf"), rho: float = 0.5,
+               tau: float = 1.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
+    """PAD (§20): (N,) per-sequence advantages → ((K,) row indices, metrics).
+
+    Keeps the effective set E = {i : t_low ≤ |Â_i| ≤ t_high}, then draws k' = min(round(ρ·N), |E|) rows of E
+    without replacement with P(i) ∝ exp(|Â_i| / τ). The paper writes exp(Â_i / τ); whether it means |Â| is
+    unconfirmed: we use |Â|, so that strongly negative examples are prioritised as much as strongly positive
+    ones (with Â they would almost never be drawn). The loop anneals τ linearly from 1.0 to 0.3.
+    """
+    if adv.dim() != 1 or not 0 < rho <= 1 or tau <= 0 or t_low < 0 or t_high < t_low:
+        raise ValueError(f"pad_select: need (N,) adv, 0 < rho <= 1, tau > 0, 0 <= t_low <= t_high; got "
+                         f"shape {tuple(adv.shape)}, rho={rho}, tau={tau}, t_low={t_low}, t_high={t_high}")
+    a = adv.detach().float().abs()
+    effective = ((a >= t_low) & (a <= t_high)).nonzero().flatten()
+    k = min(round(rho * adv.shape[0]), len(effective))
+    metrics = {"pad/effective_frac": len(effective) / max(1, adv.shape[0]), "pad/kept": float(k), "pad/tau": tau}
+    if k == 0:
+        return effective[:0], metrics
+    weights = torch.softmax(a[effective] / tau, 0)
+    picked = torch.multinomial(weights, k, replacement=False, generator=generator)
+    return effective[picked.sort().values], metrics
+
+
+FILTERS: dict[str, FilterFn] = {"none": none, "dynamic": dynamic, "dupo": dupo}
