@@ -110,6 +110,10 @@ class RLConfig(Section):
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     temperature: float = 1.0
+    target_entropy: float | None = None  # AceReason: pick the temperature whose sampled entropy is nearest (0.3)
+    temperature_candidates: list[float] = Field(default_factory=lambda: [0.6, 0.7, 0.85, 1.0, 1.2])
+    temperature_retune_every: int = 0  # re-tune every N steps (0: once, at the start)
+    probe_prompts: int = 32  # prompts sampled at each candidate temperature
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 128

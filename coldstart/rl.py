@@ -22,6 +22,7 @@ Deviations from the papers, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -51,6 +52,7 @@ from .rewards import build_reward
 from .rollout import SamplingParams, build_sampler
 from .rollout_utils import cat_rollouts, select_rows
 from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress
+from .temperature import pick_temperature
 from .types import Example, Rollouts
 
 
@@ -335,8 +337,10 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         bar_id = bar.add_task("rl", total=cfg.steps, completed=state["step"], info="")
         while state["step"] < cfg.steps:
             state["gen"] = gen
+            probe = _tune_temperature(policy, sampler, pool, state, recipe, sampling)
             row = {"step": state["step"] + 1,
-                   **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling)}
+                   **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling),
+                   "temperature": recipe.rl.temperature, **probe}
             with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()
@@ -366,6 +370,37 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
     return stage
+
+
+def _tune_temperature(policy, sampler, pool, state: dict, recipe: Recipe, sampling: dict) -> dict[str, float]:
+    """With `rl.target_entropy`, set the sampling (and trainer) temperature by coldstart.temperature's rule
+    at the first step and every `rl.temperature_retune_every` steps; a resumed run keeps its choice.
+    Returns `temperature/entropy@T` metrics when it measured."""
+    cfg = recipe.rl
+    if cfg.target_entropy is None:
+        return {}
+    due = "temperature" not in state or (cfg.temperature_retune_every and state["step"] > 0
+                                          and state["step"] % cfg.temperature_retune_every == 0)
+    measured: dict[float, float] = {}
+    if due:
+        # Probe prompts and noise of their own, so tuning leaves the training stream (and resume) untouched.
+        examples = prompt_batch(pool, 0, min(cfg.probe_prompts, len(pool)), recipe.run.seed + 1)
+        prompt_ids = sampling["prompt_ids"](examples)
+        gen = torch.Generator().manual_seed(recipe.run.seed * 1009 + state["step"])
+
+        def entropy_at(t: float) -> float:
+            params = dataclasses.replace(sampling["sampling"], n=1, temperature=t)
+            ro = sampler.sample(policy, prompt_ids, params, gen)
+            with torch.no_grad():
+                ent = sequence_logprobs(policy, ro, t, need_entropy=True)[1]
+            m = ro.completion_mask.float()
+            return float((ent * m).sum() / m.sum().clamp(min=1))
+
+        state["temperature"], measured = pick_temperature(entropy_at, cfg.temperature_candidates,
+                                                          cfg.target_entropy)
+    cfg.temperature = state["temperature"]
+    sampling["sampling"] = dataclasses.replace(sampling["sampling"], temperature=state["temperature"])
+    return {f"temperature/entropy@{t:g}": h for t, h in measured.items()}
 
 
 def _evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, float]:

@@ -167,3 +167,22 @@ def test_dupo_and_pad_filters_train(tmp_path, tiny_overrides):
                  "rl.filter=dupo", "rl.rewards=[{name: 'tests.fixtures.rewards:first_row_only'}]"]) == 0
     for r in rows(out / "rl" / "metrics.jsonl"):
         assert r["groups/zero_std_frac"] == 0.75 and r["groups/duplicated"] == 3 and r["rows/trained"] == 16
+
+
+def test_entropy_targeted_temperature(tmp_path, tiny_overrides):
+    from coldstart.temperature import pick_temperature
+
+    assert pick_temperature(lambda t: 0.5 * t, [1.0, 0.6, 0.4], 0.3)[0] == 0.6
+    assert pick_temperature(lambda t: 0.3, [1.0, 0.6], 0.3)[0] == 0.6  # ties: the lower temperature
+    out = tmp_path / "temp"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model",
+                 "rl.target_entropy=3.0", "rl.temperature_candidates=[0.5, 1.0, 2.0]",
+                 "rl.temperature_retune_every=2", "rl.probe_prompts=4"]) == 0
+    metrics = rows(out / "rl" / "metrics.jsonl")
+    probes = {k: v for k, v in metrics[0].items() if k.startswith("temperature/entropy@")}
+    assert set(probes) == {"temperature/entropy@0.5", "temperature/entropy@1", "temperature/entropy@2"}
+    # a random model: hotter sampling, higher entropy; the pick is the measurement nearest the target
+    assert probes["temperature/entropy@0.5"] < probes["temperature/entropy@1"] < probes["temperature/entropy@2"]
+    nearest = min((abs(h - 3.0), float(k.split("@")[1])) for k, h in probes.items())[1]
+    assert metrics[0]["temperature"] == nearest
+    assert "temperature/entropy@1" not in metrics[1] and "temperature/entropy@1" in metrics[2]  # re-tuned at 2
