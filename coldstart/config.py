@@ -98,6 +98,16 @@ class PadConfig(Section):
     tau_end: float = 0.3
 
 
+class PrefilterConfig(Section):
+    """Pass-rate prompt filter before RL (DUPO's drop-all-correct §1, RIF-RFT §7, Fleming-R1 hard mining §13)."""
+
+    k: int = 8  # rollouts per prompt to estimate its pass rate with the starting policy
+    min_pass: float = 0.0  # keep prompts with min_pass ≤ pass rate ≤ max_pass
+    max_pass: float = 1.0  # e.g. 0.99 drops the all-correct prompts (DUPO)
+    max_prompts: int | None = None  # probe only the first N prompts of the pool (None: all)
+    temperature: float = 1.0
+
+
 class RLConfig(Section):
     init: str = "auto"  # auto: DIR/sft when it exists, else model; "model": the base model; or a folder
     steps: int = 50
@@ -137,6 +147,7 @@ class RLConfig(Section):
     filter: Literal["none", "dynamic", "dupo", "pad"] = "none"
     max_resample: int = 3  # dynamic filter: extra sampling rounds to refill the batch
     pad: PadConfig = Field(default_factory=lambda: PadConfig())
+    prefilter: PrefilterConfig | None = None  # drop training prompts outside a pass-rate window before RL
     overlong_filter: bool = False  # mask truncated completions out of the loss (DAPO)
     gamma: float = 1.0
     lam: float = 0.95

@@ -38,6 +38,7 @@ from .algorithms import (
     kl_penalty,
     outcome_token_rewards,
     pad_select,
+    pass_rate_window,
     policy_loss,
     token_entropy,
     token_logprobs,
@@ -45,7 +46,7 @@ from .algorithms import (
 )
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe, RLConfig
-from .evaluate import encode_prompts, evaluate
+from .evaluate import encode_prompts, evaluate, sample_texts
 from .models import eos_ids, is_lora, load_model
 from .pipeline import open_stage
 from .rewards import build_reward
@@ -327,6 +328,13 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
                 "sampling": SamplingParams(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                            stop=cfg.stop, eos_ids=eos_ids(tokenizer, policy))}
+    if cfg.prefilter is not None:
+        if "pool_ids" not in state:  # measured once with the starting policy, kept in the state for resume
+            state["pool_ids"] = _prefilter(policy, tokenizer, sampler, task, pool, recipe)
+        pool = [pool[i] for i in state["pool_ids"]]
+        if not pool:
+            raise ValueError("rl.prefilter: no training prompt has a pass rate in [min_pass, max_pass]; "
+                             "widen the window")
     console.print(f"rl: from {start}, {cfg.steps} steps of {cfg.prompts_per_step}×{cfg.group_size}, "
                   f"advantage={cfg.advantage}, filter={cfg.filter}, device={device}")
 
@@ -370,6 +378,23 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
     return stage
+
+
+def _prefilter(policy, tokenizer, sampler, task, pool: list[Example], recipe: Recipe) -> list[int]:
+    """Pool indices whose pass rate over k samples lies in the `rl.prefilter` window."""
+    pf = recipe.rl.prefilter
+    probe = pool[: pf.max_prompts] if pf.max_prompts else pool
+    params = SamplingParams(n=pf.k, max_new_tokens=recipe.rl.max_new_tokens, temperature=pf.temperature,
+                            eos_ids=eos_ids(tokenizer, policy))
+    texts, _ = sample_texts(policy, tokenizer, encode_prompts(tokenizer, probe, recipe.prompt), params,
+                            recipe.eval.batch_size, generator=torch.Generator().manual_seed(recipe.run.seed + 7))
+    rates = [sum(task.verify(ex, t) >= 1.0 for t in texts[i * pf.k : (i + 1) * pf.k]) / pf.k
+             for i, ex in enumerate(probe)]
+    kept = pass_rate_window(rates, pf.min_pass, pf.max_pass)
+    console.print(f"rl: prefilter kept {len(kept)} of {len(probe)} prompts with pass rate in "
+                  f"[{pf.min_pass}, {pf.max_pass}] over {pf.k} samples (mean pass rate "
+                  f"{sum(rates) / max(1, len(rates)):.2f})")
+    return kept
 
 
 def _tune_temperature(policy, sampler, pool, state: dict, recipe: Recipe, sampling: dict) -> dict[str, float]:

@@ -186,3 +186,16 @@ def test_entropy_targeted_temperature(tmp_path, tiny_overrides):
     nearest = min((abs(h - 3.0), float(k.split("@")[1])) for k, h in probes.items())[1]
     assert metrics[0]["temperature"] == nearest
     assert "temperature/entropy@1" not in metrics[1] and "temperature/entropy@1" in metrics[2]  # re-tuned at 2
+
+
+def test_pass_rate_prefilter(tmp_path, tiny_overrides, capsys):
+    out = tmp_path / "pre"
+    pre = "rl.prefilter={k: 2, min_pass: 0.0, max_pass: 0.0, max_prompts: 8}"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model", pre]) == 0
+    assert "prefilter kept 8 of 8 prompts" in capsys.readouterr().err  # the untrained model solves none
+    state = json.loads((out / "rl" / "trainer_state" / "state.json").read_text())
+    assert state["pool_ids"] == list(range(8))
+    pre = "rl.prefilter={k: 2, min_pass: 0.5, max_prompts: 8}"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(tmp_path / "none"), *tiny_overrides, "rl.init=model",
+                 pre]) == 2
+    assert "widen the window" in capsys.readouterr().err

@@ -6,7 +6,14 @@
 """
 
 from coldstart.algorithms.advantages import ADVANTAGES, gae, outcome_token_rewards
-from coldstart.algorithms.filters import FILTERS, expand_group_mask, expand_groups, group_std, pad_select
+from coldstart.algorithms.filters import (
+    FILTERS,
+    expand_group_mask,
+    expand_groups,
+    group_std,
+    pad_select,
+    pass_rate_window,
+)
 from coldstart.algorithms.losses import (
     AGGREGATIONS,
     kl_penalty,
@@ -27,6 +34,7 @@ __all__ = [
     "kl_penalty",
     "outcome_token_rewards",
     "pad_select",
+    "pass_rate_window",
     "policy_loss",
     "token_entropy",
     "token_logprobs",

@@ -143,4 +143,15 @@ def pad_select(adv: torch.Tensor, *, t_low: float = 1e-6, t_high: float = float(
     return effective[picked.sort().values], metrics
 
 
+def pass_rate_window(rates: list[float], min_pass: float = 0.0, max_pass: float = 1.0) -> list[int]:
+    """Indices of the prompts whose pass rate lies in [min_pass, max_pass] (a prompt filter before RL).
+
+    >>> pass_rate_window([0.0, 0.25, 1.0, 0.5], min_pass=0.1, max_pass=0.99)
+    [1, 3]
+    """
+    if not 0.0 <= min_pass <= max_pass <= 1.0:
+        raise ValueError(f"rl.prefilter: need 0 <= min_pass <= max_pass <= 1, got {min_pass}, {max_pass}")
+    return [i for i, r in enumerate(rates) if min_pass <= r <= max_pass]
+
+
 FILTERS: dict[str, FilterFn] = {"none": none, "dynamic": dynamic, "dupo": dupo}
