@@ -60,3 +60,10 @@ def test_saved_recipe_round_trips(tmp_path):
 def test_demo_recipe_validates():
     r = load_recipe("recipes/demo.yaml")
     assert r.model.init == "tiny" and r.task.name == "arithmetic"
+
+
+def test_every_shipped_recipe_validates():
+    from pathlib import Path
+
+    for path in sorted(Path("recipes").glob("*.yaml")):
+        load_recipe(path)

@@ -120,3 +120,17 @@ def test_file_task_through_the_cli(tmp_path, tiny_overrides, capsys):
     assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path / "bad"), *tiny_overrides, *task]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "line 4" in err
+
+
+def test_countdown_backtracking_recipe_runs(tmp_path, tiny_overrides):
+    from coldstart.tasks.countdown import count_backtracks
+
+    out = tmp_path / "cd"
+    assert main(["sft", "recipes/countdown.yaml", "--out", str(out), *tiny_overrides, "task.name=countdown",
+                 "task.options={backtracks: 2, max_target: 30}", "model.max_len=256", "sft.max_new_tokens=64"]) == 0
+    from coldstart.config import load_recipe
+    from coldstart.pipeline import build_task_from, select_traces
+
+    recipe = load_recipe(out / "sft" / "config.yaml")
+    traces = select_traces(build_task_from(recipe).examples("train", 32, 0), 32)
+    assert all(count_backtracks(ex.solution) == 2 for ex in traces)
