@@ -20,3 +20,24 @@ TINY = [
 @pytest.fixture
 def tiny_overrides():
     return list(TINY)
+
+
+def kill_when_saved(args: list[str], checkpoint) -> None:
+    """Run `coldstart <args>` in a subprocess and SIGKILL its process group as soon as `checkpoint` exists;
+    fails if the run finished before the kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = args[args.index("--out") + 1]
+    proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stage = checkpoint.parent.parent
+    assert not (stage / "complete.json").exists(), f"the run in {out} finished before it could be killed"

@@ -1,14 +1,10 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import torch
 from safetensors.torch import load_file
 
 from coldstart.cli import main
+from tests.conftest import kill_when_saved
 
 REQUIRED = ["step", "reward/mean", "reward/std", "groups/zero_std_frac", "entropy", "kl", "clip/low_frac",
             "clip/high_frac", "length/mean", "length/max", "length/truncated_frac", "logprob_gap",
@@ -77,14 +73,7 @@ def test_sigkill_mid_rl_then_resume_gives_identical_weights(tmp_path, tiny_overr
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "coldstart.cli", *args, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "rl" / "checkpoints" / "step-000004").exists():
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "rl" / "complete.json").exists(), "the run finished before it could be killed"
+    kill_when_saved([*args, "--out", str(killed)], killed / "rl" / "checkpoints" / "step-000004")
     assert main([*args, "--out", str(killed), "--resume"]) == 0
     a, b = load_file(str(tmp_path / "straight" / "rl" / "model.safetensors")), load_file(
         str(killed / "rl" / "model.safetensors"))

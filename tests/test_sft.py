@@ -1,8 +1,3 @@
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -13,6 +8,7 @@ from coldstart.config import load_recipe
 from coldstart.models import build_char_tokenizer, build_tiny_model
 from coldstart.sft import Encoded, collate, encode_trace, masked_lm_loss
 from coldstart.types import Example
+from tests.conftest import kill_when_saved
 
 
 def test_prompt_tokens_carry_no_loss():
@@ -77,14 +73,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, tiny_overrides, e
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "coldstart.cli", *args, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "sft" / "checkpoints" / "step-000006").exists():
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "sft" / "complete.json").exists(), "the run finished before it could be killed"
+    kill_when_saved([*args, "--out", str(killed)], killed / "sft" / "checkpoints" / "step-000006")
     assert main([*args, "--out", str(killed), "--resume"]) == 0
 
     a, b = _weights(tmp_path / "straight" / "sft"), _weights(killed / "sft")
