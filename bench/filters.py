@@ -21,7 +21,7 @@ from coldstart import rl, sft
 from coldstart.checkpoint import is_complete
 from coldstart.cli import _quiet_libraries
 from coldstart.demo import _arm, demo_recipe
-from coldstart.pipeline import base_model, build_task_from
+from coldstart.pipeline import base_model
 
 FILTERS = ("none", "dynamic", "dupo", "pad")
 
@@ -36,7 +36,7 @@ def main() -> None:
     _quiet_libraries()
     out = Path(args.out)
     recipe = demo_recipe(False, out)
-    recipe = _arm(recipe, model={"init": "pretrained", "path": str(base_model(recipe, out, build_task_from(recipe)))})
+    recipe = _arm(recipe, model={"init": "pretrained", "path": str(base_model(recipe, out))})
     if not is_complete(out / "shared" / "sft"):
         sft.train(recipe, out / "shared")
     rows = []

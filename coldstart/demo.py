@@ -74,7 +74,7 @@ def run_demo(out: Path, quick: bool = False, extra: list[str] = ()) -> dict[str,
     save_recipe(recipe, out / "config.yaml")
     setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
     task = build_task_from(recipe)
-    base = base_model(recipe, out, task)
+    base = base_model(recipe, out)
     recipe = _arm(recipe, model={"init": "pretrained", "path": str(base)})
     console.print(f"demo: {'quick' if quick else 'full'} run into {out}; base model {base}")
 

@@ -8,12 +8,12 @@ Both save as plain Hugging Face folders that `AutoTokenizer` / `AutoModelForCaus
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -34,24 +34,7 @@ CHAT_TEMPLATE = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _byte_alphabet() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 bytes (the ByteLevel alphabet), in byte order."""
-    return sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: _BYTE_OF[c])
-
-
-_BYTE_OF = {}
-for _b in range(256):
-    # bytes_to_unicode of GPT-2: printable latin-1 bytes map to themselves, the rest to 256 + n
-    _BYTE_OF[chr(_b)] = _b
-_n = 0
-for _b in range(256):
-    if not (33 <= _b <= 126 or 161 <= _b <= 172 or 174 <= _b <= 255):
-        _BYTE_OF.pop(chr(_b))
-        _BYTE_OF[chr(256 + _n)] = _b
-        _n += 1
-
-
-def build_char_tokenizer(extra_chars: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level fast tokenizer: one token per byte (so per ASCII character), never an unknown.
 
     It is a byte-level BPE with no merges, the layout of GPT-2 / Qwen2 tokenizers, on purpose: transformers'
@@ -59,11 +42,11 @@ def build_char_tokenizer(extra_chars: Iterable[str] = ()) -> PreTrainedTokenizer
     Qwen2Tokenizer, whatever tokenizer.json says), and a merge-free byte-level BPE survives that rebuild
     unchanged, "\n" and spaces included. Special tokens: <pad>, <unk>, <s>, <|end|> (eos) and the chat role
     markers; the reasoning tags (<think>, </answer>, ...) are ordinary added tokens, so they survive
-    `skip_special_tokens=True`. `extra_chars` is accepted for API symmetry: every character is covered.
+    `skip_special_tokens=True`. Every byte is in the vocabulary, so no text is ever unknown.
     """
-    del extra_chars  # all bytes are in the vocabulary
     specials = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]
-    vocab = {tok: i for i, tok in enumerate(specials + _byte_alphabet())}
+    byte_chars = bytes_to_unicode()  # GPT-2's printable stand-in for each byte, the ByteLevel alphabet
+    vocab = {tok: i for i, tok in enumerate(specials + [byte_chars[b] for b in range(256)])}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()

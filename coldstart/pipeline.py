@@ -26,7 +26,7 @@ def build_task_from(recipe: Recipe) -> Task:
     return build_task(recipe.task.name, recipe.task.options, seed=recipe.run.seed)
 
 
-def base_model(recipe: Recipe, out: Path, task: Task) -> str | Path:
+def base_model(recipe: Recipe, out: Path) -> str | Path:
     """The folder (or hub id) of the untrained model; builds `out/base` for a tiny model if missing."""
     m = recipe.model
     if m.init == "pretrained":
@@ -36,9 +36,7 @@ def base_model(recipe: Recipe, out: Path, task: Task) -> str | Path:
     base = out / "base"
     if is_complete(base):
         return base
-    sample = task.examples("train", min(200, recipe.task.train_size or 200), recipe.run.seed)
-    chars = [ex.prompt + (ex.solution or "") + ex.answer for ex in sample]
-    tokenizer = build_char_tokenizer(chars)
+    tokenizer = build_char_tokenizer()
     model = build_tiny_model(
         len(tokenizer), arch=m.arch, hidden_size=m.hidden_size, layers=m.layers, heads=m.heads,
         kv_heads=m.kv_heads, intermediate_size=m.intermediate_size, max_len=m.max_len,
@@ -77,7 +75,7 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     save_recipe(recipe, stage / "config.yaml")
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
     task = build_task_from(recipe)
-    start = stage_start(out, init, base_model(recipe, out, task))
+    start = stage_start(out, init, base_model(recipe, out))
     ckpt = latest_checkpoint(stage) if resume else None
     tokenizer = load_tokenizer(ckpt or start)
     lora = recipe.model.lora

@@ -7,7 +7,7 @@ TEXT = "<|user|>347+589\n  x\t~{}\\<|assistant|><think>7+9=16 c1\n\n</think><ans
 
 
 def test_char_tokenizer_round_trips_through_saved_folder(tmp_path):
-    tok = build_char_tokenizer(["é"])
+    tok = build_char_tokenizer()
     tok.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     for t in (tok, again, load_tokenizer(tmp_path)):
