@@ -133,12 +133,8 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
         if len(kept_ex) >= B:
             break
     n = min(len(kept_ex), B)
-    ro = select_rows(cat_rollouts(kept_ro, sampler_pad(sampler)), torch.arange(n * G))
+    ro = select_rows(cat_rollouts(kept_ro, sampler.tokenizer.pad_token_id), torch.arange(n * G))
     return ro, kept_ex[:n], torch.cat(kept_scores)[: n * G], first_metrics, parts, rounds
-
-
-def sampler_pad(sampler) -> int:
-    return sampler.tokenizer.pad_token_id
 
 
 def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values, cfg: RLConfig,
@@ -205,18 +201,23 @@ def _micro_step(policy, ref, value_head, sub: Rollouts, m, adv, returns, old_val
     if not torch.isfinite(loss):
         raise FloatingPointError(f"rl: loss is {float(loss)}; the last checkpoint is kept")
     (loss * share).backward()
-    mf = m.float()
-    if "entropy" not in metrics:  # Monte-Carlo estimate: E[−log π(sampled token)] = H(π) at this temperature
-        metrics["entropy"] = float((-logp.detach() * mf).sum() / mf.sum())
-    metrics["logprob_gap"] = float(((logp.detach() - sub.logprobs).abs() * mf).sum() / mf.sum())
-    return metrics
+    sampled = _sampled_token_metrics(logp.detach(), sub.logprobs, m)
+    return {**sampled, **metrics}  # an exact entropy from the loss (entropy_coef ≠ 0) wins over the estimate
+
+
+def _sampled_token_metrics(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Over masked tokens of (N, T) trainer and sampler log-probs: the entropy estimate E[−log π(sampled
+    token)] = H(π) at the sampling temperature, and the mean |trainer − sampler| log-prob gap."""
+    m = mask.float()
+    n = m.sum().clamp(min=1)
+    return {"entropy": float((-logp * m).sum() / n), "logprob_gap": float(((logp - sampler_logp).abs() * m).sum() / n)}
 
 
 def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe: Recipe, sampling) -> dict:
     """One RL step: sample → reward → filter → advantage → update. Returns the step's metrics row."""
     cfg, G, times = recipe.rl, recipe.rl.group_size, {}
     ro, examples, scores, first, parts, rounds = sample_batch(
-        policy, sampler, reward_fn, pool, state, cfg, sampling, state["gen"], recipe.run.seed, times)
+        policy, sampler, reward_fn, pool, state, cfg, sampling, sampling["generator"], recipe.run.seed, times)
     row = _rollout_metrics(first, parts, times, rounds)
     if not examples:  # every group uninformative and no refill found one: nothing to learn from
         return {**row, **_passive_metrics(policy, ref, first["ro"], cfg), "rows/trained": 0,
@@ -237,7 +238,8 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
                                                       gamma=cfg.gamma, lam=cfg.lam)
         row.update({k: v for k, v in adv_metrics.items() if k != "groups/zero_std_frac"})
         if cfg.filter == "pad":  # ReVisual-R1 PAD: a prioritised subset of the sequences goes into the loss
-            ro, adv, returns, values = _pad(ro, adv, returns, values, state, recipe, row)
+            ro, adv, returns, values = _pad(ro, adv, returns, values, state["step"], recipe, row,
+                                            sampling["generator"])
         row.update(update(policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens))
         if not row["rows/trained"]:  # every advantage was 0: measure the policy without training it
             row.update(_passive_metrics(policy, ref, ro, cfg))
@@ -245,15 +247,15 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
     return row
 
 
-def _pad(ro: Rollouts, adv, returns, values, state: dict, recipe: Recipe, row: dict):
+def _pad(ro: Rollouts, adv, returns, values, step: int, recipe: Recipe, row: dict, generator: torch.Generator):
     """PAD row selection (filters.pad_select) with τ annealed linearly over the run; slices every (N, T) input."""
     cfg, pad = recipe.rl, recipe.rl.pad
-    frac = state["step"] / max(1, cfg.steps - 1)
+    frac = step / max(1, cfg.steps - 1)
     tau = pad.tau_start + (pad.tau_end - pad.tau_start) * min(1.0, frac)
     m = ro.completion_mask.float()
     seq_adv = (adv * m).sum(1) / m.sum(1).clamp(min=1)  # (N,): the sequence's (mean) advantage
     rows, metrics = pad_select(seq_adv.cpu(), t_low=pad.t_low, t_high=pad.t_high, rho=pad.rho, tau=tau,
-                               generator=state["gen"])
+                               generator=generator)
     row.update(metrics)
     sub = select_rows(ro, rows)
     T = sub.completion_ids.shape[1]
@@ -272,10 +274,7 @@ def _passive_metrics(policy, ref, ro: Rollouts, cfg: RLConfig) -> dict[str, floa
         if ref is not None:
             kl = float((kl_penalty(logp, sequence_logprobs(ref, sub, cfg.temperature)[0], cfg.kl_type) * m).sum()
                        / m.sum().clamp(min=1))
-    n = m.sum().clamp(min=1)
-    return {"entropy": float((-logp * m).sum() / n), "kl": kl,
-            "logprob_gap": float(((logp - sub.logprobs).abs() * m).sum() / n),
-            "clip/low_frac": 0.0, "clip/high_frac": 0.0}
+    return {**_sampled_token_metrics(logp, sub.logprobs, m), "kl": kl, "clip/low_frac": 0.0, "clip/high_frac": 0.0}
 
 
 def _rollout_metrics(first: dict, parts: list, times: dict, rounds: int) -> dict:
@@ -327,7 +326,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     sampling = {"prompt_ids": lambda exs: encode_prompts(tokenizer, exs, recipe.prompt),
                 "sampling": SamplingParams(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                           stop=cfg.stop, eos_ids=eos_ids(tokenizer, policy))}
+                                           stop=cfg.stop, eos_ids=eos_ids(tokenizer, policy)),
+                "generator": gen}  # the sampling noise (DUPO's draws and PAD's too); saved with each checkpoint
     if cfg.prefilter is not None:
         if "pool_ids" not in state:  # measured once with the starting policy, kept in the state for resume
             state["pool_ids"] = _prefilter(policy, tokenizer, sampler, task, pool, recipe)
@@ -339,12 +339,11 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
                   f"advantage={cfg.advantage}, filter={cfg.filter}, device={device}")
 
     t_start = time.perf_counter() - state["elapsed"]
-    save = lambda name=None: save_checkpoint(stage, state["step"], policy, tokenizer, _public(state), opt,  # noqa: E731
+    save = lambda name=None: save_checkpoint(stage, state["step"], policy, tokenizer, state, opt,  # noqa: E731
                                              sched, {"sampler": gen}, extra, name=name)
     with progress(run.quiet) as bar:
         bar_id = bar.add_task("rl", total=cfg.steps, completed=state["step"], info="")
         while state["step"] < cfg.steps:
-            state["gen"] = gen
             probe = _tune_temperature(policy, sampler, pool, state, recipe, sampling)
             row = {"step": state["step"] + 1,
                    **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling),
@@ -435,10 +434,6 @@ def _evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, flo
                                          "max_new_tokens": recipe.rl.max_new_tokens})
     result = evaluate(policy, tokenizer, task, val, recipe.prompt, cfg, recipe.run.seed)
     return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
-
-
-def _public(state: dict) -> dict:
-    return {k: v for k, v in state.items() if k != "gen"}
 
 
 def _warn_flat(row: dict, state: dict) -> None:
