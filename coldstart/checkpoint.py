@@ -30,8 +30,10 @@ STATE_DIR = "trainer_state"
 MARKER = "complete.json"
 
 
-def _fsync_tree(path: Path) -> None:
-    for root, _, files in os.walk(path):
+def _fsync_tree(path: Path, skip: tuple[str, ...] = ()) -> None:
+    """fsync every file and folder under `path`, not descending into folders named in `skip`."""
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in skip]
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
@@ -160,7 +162,7 @@ def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, A
         else:
             shutil.copy2(src, tmp)
         os.replace(tmp, dst)
-    _fsync_tree(stage_dir)
+    _fsync_tree(stage_dir, skip=("checkpoints",))  # the checkpoints were synced when they were saved
     marker_tmp = stage_dir / f".tmp-{MARKER}"
     marker_tmp.write_text(json.dumps({**summary, "from_checkpoint": ckpt.name}, indent=1))
     os.replace(marker_tmp, stage_dir / MARKER)
