@@ -1,7 +1,8 @@
 """Models and tokenizers: load a Hugging Face causal LM from a folder or hub id, or build a tiny one.
 
 The embedded default needs nothing from the internet: `build_char_tokenizer` makes a character-level fast
-tokenizer (one token per character, plus the reasoning tags as single tokens and a small chat template) and
+tokenizer (one token per byte, so per ASCII character, plus the reasoning tags as single tokens and a small
+chat template) and
 `build_tiny_model` a randomly initialised Qwen2- or Llama-architecture decoder from a transformers config.
 Both save as plain Hugging Face folders that `AutoTokenizer` / `AutoModelForCausalLM` load as is.
 """

@@ -14,8 +14,8 @@ block when the example has no solution); `format_ok` checks that a completion ha
 then exactly one answer pair, with only whitespace around them (the paper's format reward).
 
 `render_prompt` uses the tokenizer's chat template when it has one (`apply_chat_template(...,
-add_generation_prompt=True)`). Fallback, for tokenizers without a template (the demo's character-level
-tokenizer) or tokenizer=None: the plain text `"{system_prompt}\\n\\n{prompt}\\n"`, or `"{prompt}\\n"`
+add_generation_prompt=True)`). Fallback, for tokenizers without a template (base models often
+have none) or tokenizer=None: the plain text `"{system_prompt}\\n\\n{prompt}\\n"`, or `"{prompt}\\n"`
 with system=False.
 """
 
