@@ -20,6 +20,10 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Each training stage: `module:function(recipe, out, resume=False) -> stage folder`.
+STAGES = {"sft": "coldstart.sft:train", "rl": "coldstart.rl:train"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coldstart", description="SFT cold start → RL with verifiable rewards → eval")
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,sft,rl,eval,demo}")
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe.run.out = str(out)
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, out / "config.yaml")
-        stages = {"run": ("sft", "rl", "eval"), "sft": ("sft",), "rl": ("rl",), "eval": ("eval",)}[args.command]
+        stages = tuple(recipe.run.stages) if args.command == "run" else (args.command,)
         run_stages(recipe, out, stages, args.resume)
         return 0
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
@@ -87,19 +91,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_stages(recipe, out: Path, stages: tuple[str, ...], resume: bool) -> None:
     """Run the named stages in order; a finished stage is skipped by `run` unless asked for alone."""
-    from . import rl, sft
+    import importlib
+
     from .checkpoint import is_complete
     from .evaluate import run_eval
     from .runtime import console
 
     for stage in stages:
         if stage == "eval":
-            run_eval(recipe, out)
+            run_eval(recipe, out, ("base", *[s for s in recipe.run.stages if s != "eval"]))
             continue
         if len(stages) > 1 and is_complete(out / stage):
             console.print(f"{stage}: already complete in {out / stage}, skipped")
             continue
-        {"sft": sft.train, "rl": rl.train}[stage](recipe, out, resume=resume)
+        module, fn = STAGES[stage].split(":")
+        getattr(importlib.import_module(module), fn)(recipe, out, resume=resume)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+TRAINING_STAGES = ("sft", "rsft", "dpo", "rl")  # every stage that trains a model; `eval` evaluates them
+
+
 class RunConfig(Section):
     seed: int = 0
+    # what `coldstart run` does, in order; each training stage starts from the last finished one before it
+    stages: list[Literal["sft", "rsft", "dpo", "rl", "eval"]] = Field(default_factory=lambda: ["sft", "rl", "eval"])
     out: str = "runs/default"  # overridden by --out
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

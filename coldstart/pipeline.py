@@ -75,7 +75,7 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     save_recipe(recipe, stage / "config.yaml")
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
     task = build_task_from(recipe)
-    start = stage_start(out, init, base_model(recipe, out))
+    start = stage_start(out, init, base_model(recipe, out), previous_stages(recipe, name))
     ckpt = latest_checkpoint(stage) if resume else None
     tokenizer = load_tokenizer(ckpt or start)
     lora = recipe.model.lora
@@ -89,6 +89,14 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     trainable, total = count_parameters(model)
     console.print(f"{name}: {trainable:,} trainable parameters of {total:,}" + (" (LoRA)" if lora else ""))
     return Stage(stage, device, task, start, ckpt, tokenizer, model.train())
+
+
+def previous_stages(recipe: Recipe, name: str) -> tuple[str, ...]:
+    """The training stages that come before `name` in `run.stages` (all of them if `name` is not listed)."""
+    from .config import TRAINING_STAGES
+
+    order = [s for s in recipe.run.stages if s in TRAINING_STAGES]
+    return tuple(order[: order.index(name)] if name in order else order)
 
 
 def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
