@@ -1,7 +1,7 @@
 """Rollout sampler throughput: TorchSampler (static and dynamic cache) and HFSampler against plain
 `model.generate`, side by side in one run on the tiny model, 2 torch threads.
 
-    python bench/sampler.py [--batch 128 --new 64 --repeats 3 --group 1 --eos-frac 0 --no-rl]
+    python bench/sampler.py [--batch 1 32 128 --new 64 --repeats 3 --group 1 --eos-frac 0 --no-rl --size demo]
 
 Random weights. With the default `--eos-frac 0` no eos id is passed, so every completion runs the
 full `--new` tokens (generate gets `eos_token_id=[]` and never stops early either). `--eos-frac f`
@@ -10,7 +10,10 @@ end at varied lengths as RL rollouts do (generate gets the same eos ids). `--gro
 completions per prompt (batch/G distinct prompts), as GRPO does. A second, RL-like table follows
 (`--rl-group 8 --rl-eos-frac 0.03`; `--no-rl` skips it). Each backend runs once to warm up,
 then `--repeats` times interleaved with the others; the table shows the best run (the least disturbed
-by other processes) and tokens/s counts generated tokens (up to and including eos).
+by other processes) and tokens/s counts generated tokens (up to and including eos). `--batch` takes
+several sizes (default 1, 32 and 128): one table each, then a summary line per batch size with the
+ratio of TorchSampler (dynamic) to `generate`, best and median. `--size` picks the model: `demo`
+(3 layers, 128 wide, 0.8M parameters) or bench/rlbench.py's `0.5M` / `20M`.
 """
 
 from __future__ import annotations
@@ -80,10 +83,14 @@ def backends(tokenizer):
     }
 
 
-def measure(batch: int, group: int, new: int, eos_frac: float, repeats: int, seed: int):
+SIZES = {"demo": {}, "0.5M": {"hidden_size": 128, "intermediate_size": 512, "layers": 2, "heads": 4},
+         "20M": {"hidden_size": 512, "intermediate_size": 2048, "layers": 6, "heads": 8}}  # as bench/rlbench.py
+
+
+def measure(batch: int, group: int, new: int, eos_frac: float, repeats: int, seed: int, size: str = "demo"):
     """Interleaved timings of every backend on one workload: backend → [(seconds, tokens), ...]."""
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(len(tokenizer)).eval()
+    model = build_tiny_model(len(tokenizer), **SIZES[size]).eval()
     prompts = make_prompts(tokenizer, batch // group, seed)
     params = SamplingParams(n=group, max_new_tokens=new, temperature=1.0,
                             eos_ids=eos_for_mass(model, prompts, eos_frac), seed=seed)
@@ -111,9 +118,17 @@ def table(times: dict[str, list[tuple[float, int]]]) -> str:
     return "\n".join(lines)
 
 
+def ratios(times: dict[str, list[tuple[float, int]]], name: str = "TorchSampler dynamic") -> tuple[float, float]:
+    """(ratio of best tokens/s, ratio of median tokens/s) of backend `name` to hf generate."""
+    rates = {k: [tok / sec for sec, tok in runs] for k, runs in times.items()}
+    return (max(rates[name]) / max(rates["hf generate"]),
+            statistics.median(rates[name]) / statistics.median(rates["hf generate"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=128, help="completions per call (prompts × group)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32, 128],
+                        help="completions per call (prompts × group); one table per value")
     parser.add_argument("--new", type=int, default=64, help="max new tokens")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--group", type=int, default=1, help="completions per prompt")
@@ -122,15 +137,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rl-eos-frac", type=float, default=0.03, help="eos mass of the RL-like workload")
     parser.add_argument("--no-rl", action="store_true", help="skip the RL-like workload")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=list(SIZES), default="demo", help="model size")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
-    workloads = [(args.group, args.eos_frac)] + ([] if args.no_rl else [(args.rl_group, args.rl_eos_frac)])
-    for group, eos_frac in workloads:
-        if args.batch % group:
-            parser.error(f"--batch {args.batch} must be a multiple of the group {group}")
-        print(f"\nbatch {args.batch} = {args.batch // group} prompts x {group}, up to {args.new} new tokens, "
-              f"eos mass {eos_frac}, torch threads 2, best of {args.repeats}")
-        print(table(measure(args.batch, group, args.new, eos_frac, args.repeats, args.seed)))
+    torch.set_num_threads(args.threads)
+    workloads = [(b, args.group, args.eos_frac) for b in args.batch]
+    if not args.no_rl:  # the RL shape at the largest batch
+        workloads.append((max(args.batch), args.rl_group, args.rl_eos_frac))
+    for batch, group, _ in workloads:
+        if batch % group:
+            parser.error(f"--batch {batch} must be a multiple of the group {group} (or pass --no-rl)")
+    summary = []
+    for batch, group, eos_frac in workloads:
+        print(f"\n{args.size} model, batch {batch} = {batch // group} prompts x {group}, up to {args.new} new tokens, "
+              f"eos mass {eos_frac}, torch threads {args.threads}, best of {args.repeats}")
+        times = measure(batch, group, args.new, eos_frac, args.repeats, args.seed, args.size)
+        print(table(times))
+        summary.append((batch, group, eos_frac, ratios(times)))
+    print("\nTorchSampler dynamic / generate tokens/s:")
+    for batch, group, eos_frac, (best, median) in summary:
+        print(f"  batch {batch:>4} ({batch // group} x {group}, eos mass {eos_frac}): {best:.2f}x best, "
+              f"{median:.2f}x median")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""Training MFU and sampler throughput of a ~0.5B Qwen2 on one GPU, random init, nothing downloaded.
+
+    python bench/gpu/mfu.py            (on an H100 / H200; run through bench/gpu/run.sh)
+    python bench/gpu/mfu.py --tiny     (the same code path on the CPU with a tiny config, in seconds)
+
+Model: Qwen2 from a config with Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 kv heads,
+intermediate 4864, vocab 151936, tied embeddings), random init in bf16, flash-attention-2 when the
+`flash_attn` package is installed, else sdpa. Inputs are random token ids (our char tokenizer cannot cover
+151936 ids); a word-level tokenizer with one token per id stands in for decoding.
+
+1. Training: `--batch` × `--seq` tokens per step, next-token loss, AdamW, `--warmup` untimed steps, then
+   `--steps` timed ones between `torch.cuda.synchronize()` calls. FLOPs per step = 3 × forward, forward =
+   2 × (every Linear weight, the tied LM head included) per token + causal attention 4 × layers × d ×
+   (s + 1) / 2 per token at position s (QKᵀ and AV); MFU = FLOPs / s / the card's dense bf16 peak (from its
+   name: H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312), and against a measured bf16 matmul peak.
+2. Sampling: coldstart's TorchSampler (dynamic cache) and `model.generate`, `--sample-batch` random prompts
+   of `--prompt-len` tokens, `--new` new tokens, no eos, temperature 1; generated tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from coldstart.rollout import SamplingParams, TorchSampler  # noqa: E402
+
+FULL = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "intermediate_size": 4864, "vocab_size": 151936}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 128, "vocab_size": 1000}
+PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall-clock time covers them (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_model(shape: dict, device: torch.device, dtype: torch.dtype, max_len: int):
+    """A randomly initialised Qwen2ForCausalLM of `shape` on `device` in `dtype`; returns (model, attention)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    attn = "flash_attention_2" if device.type == "cuda" and importlib.util.find_spec("flash_attn") else "sdpa"
+    config = Qwen2Config(**shape, max_position_embeddings=max_len, tie_word_embeddings=True, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, use_cache=True, attn_implementation=attn)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    return model, attn
+
+
+def id_tokenizer(vocab: int):
+    """A word-level fast tokenizer with one token `t<i>` per id: decodes any id the model can emit."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="t0", eos_token="t2", unk_token="t0")
+
+
+def linear_weights(model) -> int:
+    """Elements of every Linear weight (the LM head included): forward matmul FLOPs per token / 2."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def train_flops(model, batch: int, seq: int) -> float:
+    """Counted FLOPs of one training step (3 × forward; causal attention)."""
+    cfg = model.config
+    attn = 4 * cfg.num_hidden_layers * cfg.hidden_size * seq * (seq + 1) / 2  # per sequence, forward
+    return 3 * batch * (2 * linear_weights(model) * seq + attn)
+
+
+def time_training(model, device, batch: int, seq: int, warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed training step (forward, backward, AdamW step, zero_grad)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
+    ids = torch.randint(3, model.config.vocab_size, (batch, seq), device=device)
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del opt
+    return times
+
+
+def matmul_peak(device, dtype, n: int, repeats: int = 10) -> float:
+    """Best FLOP/s of n × n matmuls in `dtype` on `device`."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        sync(device)
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def time_sampling(model, device, batch: int, prompt_len: int, new: int, repeats: int) -> dict[str, list[float]]:
+    """Generated tokens/s per call of TorchSampler and model.generate (one warm-up call each, interleaved)."""
+    tokenizer = id_tokenizer(model.config.vocab_size)
+    prompts = torch.randint(3, model.config.vocab_size, (batch, prompt_len)).tolist()
+    params = SamplingParams(n=1, max_new_tokens=new, temperature=1.0, eos_ids=[])  # seed None: device RNG
+    sampler = TorchSampler(tokenizer)
+    ids = torch.tensor(prompts, device=device)
+
+    def ours() -> int:
+        return int(sampler.sample(model, prompts, params).lengths.sum())
+
+    def generate() -> int:
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                 min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 eos_token_id=None, pad_token_id=0)
+        return out[:, prompt_len:].numel()
+
+    rates: dict[str, list[float]] = {"TorchSampler": [], "generate": []}
+    for i in range(repeats + 1):
+        for name, fn in (("TorchSampler", ours), ("generate", generate)):
+            sync(device)
+            start = time.perf_counter()
+            tokens = fn()
+            sync(device)
+            if i:
+                rates[name].append(tokens / (time.perf_counter() - start))
+    return rates
+
+
+def card_peak(device) -> tuple[str, float | None]:
+    """The accelerator's name and its dense bf16 peak FLOP/s from the name (None when unknown)."""
+    if device.type != "cuda":
+        import platform
+
+        return f"CPU {platform.processor() or platform.machine()}", None
+    name = torch.cuda.get_device_name(device)
+    return name, next((peak for key, peak in PEAK_BF16 if key in name), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the model, measure training MFU and sampling throughput, print one table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny config on the CPU: a seconds-long check of this path")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=2048)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--sample-batch", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.batch, args.seq, args.warmup, args.steps = 2, 64, 1, 2
+        args.sample_batch, args.prompt_len, args.new, args.repeats = 4, 8, 8, 1
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if device.type == "cpu" and not args.tiny:
+        p.error("no CUDA device: the 0.5B measurement needs a GPU (use --tiny to check the code path on the CPU)")
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dtype = torch.bfloat16
+    shape = TINY if args.tiny else FULL
+    name, spec = card_peak(device)
+    t0 = time.perf_counter()
+    model, attn = build_model(shape, device, dtype, max(args.seq, args.prompt_len + args.new))
+    params = sum(q.numel() for q in model.parameters())
+    measured = matmul_peak(device, dtype, 256 if args.tiny else 8192)
+    train = time_training(model.train(), device, args.batch, args.seq, args.warmup, args.steps)
+    flops = train_flops(model, args.batch, args.seq)
+    step = statistics.median(train)
+    rates = time_sampling(model.eval(), device, args.sample_batch, args.prompt_len, args.new, args.repeats)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+    print(f"\n{name}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}"
+          f"{', CUDA ' + torch.version.cuda if device.type == 'cuda' else ''}, attention {attn}, bf16"
+          f"{' (--tiny: CPU code-path check, not a measurement)' if args.tiny else ''}")
+    print(f"model: Qwen2 {params / 1e6:.1f}M parameters ({shape}), random init")
+    print("| measurement | value |\n|---|---|")
+    print(f"| dense bf16 peak (spec) | {spec / 1e12:.0f} TFLOP/s |" if spec else "| dense bf16 peak (spec) | unknown |")
+    print(f"| measured bf16 matmul peak | {measured / 1e12:.1f} TFLOP/s |")
+    print(f"| training step ({args.batch} x {args.seq} tokens), median of {args.steps} | {step * 1e3:.1f} ms |")
+    print(f"| training tokens/s | {args.batch * args.seq / step:,.0f} |")
+    print(f"| training TFLOP/s (counted) | {flops / step / 1e12:.1f} |")
+    print(f"| MFU vs spec peak | {flops / step / spec:.1%} |" if spec else "| MFU vs spec peak | n/a |")
+    print(f"| MFU vs measured matmul peak | {flops / step / measured:.1%} |")
+    for k, v in rates.items():
+        print(f"| {k} tokens/s ({args.sample_batch} x {args.new} new, prompt {args.prompt_len}), median "
+              f"| {statistics.median(v):,.0f} |")
+    ratio = statistics.median(rates["TorchSampler"]) / statistics.median(rates["generate"])
+    print(f"| TorchSampler / generate | {ratio:.2f}x |")
+    print(f"| peak GPU memory | {mem:.1f} GiB |")
+    print(f"| wall time of this script | {time.perf_counter() - t0:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()
