@@ -12,12 +12,18 @@ A save writes into a hidden temp folder, fsyncs every file, then renames it into
 mid-save never leaves a half-written checkpoint under a `step-*` name; `latest_checkpoint` only ever sees
 whole ones. trainer_state/ holds the optimizer, scheduler, RNG states (python, torch, and any generator the
 trainer names) and a JSON of counters (step, data position, best metric), which is what exact resume needs.
+
+Loading is data-only: model weights are safetensors files, and `states.pt` is read with
+`torch.load(weights_only=True)`, which unpickles tensors and plain containers (dict, list, tuple, str,
+numbers, None) and nothing else, so a checkpoint from elsewhere cannot run code when it is resumed. The
+python RNG state is a tuple of ints, which that allows; the format is the one earlier checkpoints have.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -28,6 +34,10 @@ import torch
 
 STATE_DIR = "trainer_state"
 MARKER = "complete.json"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A trainer state file that holds pickled objects beyond tensors and plain containers."""
 
 
 def _fsync_tree(path: Path, skip: tuple[str, ...] = ()) -> None:
@@ -123,7 +133,13 @@ def load_trainer_state(
 ) -> dict[str, Any]:
     """Restore optimizer, scheduler, RNG and generator states from a checkpoint; return its counters."""
     sdir = Path(ckpt) / STATE_DIR
-    blob = torch.load(sdir / "states.pt", weights_only=False)
+    try:
+        blob = torch.load(sdir / "states.pt", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{sdir / 'states.pt'}: refused to load: it holds objects other than tensors and plain containers, "
+            f"which could run code when unpickled (torch.load weights_only=True). Only resume checkpoints that "
+            f"coldstart wrote. Detail: {str(e).splitlines()[0][:300]}") from None
     if optimizer is not None and blob["optimizer"] is not None:
         optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None and blob["scheduler"] is not None:

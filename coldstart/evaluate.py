@@ -67,8 +67,8 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], prompt: Prom
     texts = greedy.pop("completions")
     result: dict[str, Any] = {"n": len(examples), **greedy,
                               "reflections/mean": sum(map(count_reflections, texts)) / len(texts),
-                              "examples": [{"prompt": ex.prompt, "answer": ex.answer, "completion": t}
-                                           for ex, t in list(zip(examples, texts))[:5]]}
+                              "examples": [{"prompt": ex.prompt, "answer": ex.answer, "completion": t,
+                                            "reward": task.verify(ex, t)} for ex, t in list(zip(examples, texts))[:5]]}
     k = cfg.samples
     if k > 0:
         params = SamplingParams(n=k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -91,8 +91,28 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], prompt: Prom
     return result
 
 
+def merge_eval(parts: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+    """One evaluation from the (result, examples) of each process's share of the test split: every float
+    is a mean over examples, so the merge weights it by share size; `n` adds up; the rest is rank 0's.
+
+    >>> merge_eval([({"n": 3, "accuracy": 1.0, "examples": [1]}, 3), ({"n": 1, "accuracy": 0.0, "examples": []}, 1)])
+    {'n': 4, 'accuracy': 0.75, 'examples': [1]}
+    """
+    total = sum(n for _, n in parts)
+    out = dict(parts[0][0])
+    for key, value in out.items():
+        if key == "n":
+            out[key] = total
+        elif isinstance(value, float):
+            out[key] = sum(r[key] * n for r, n in parts if n) / max(total, 1)
+    return out
+
+
 def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, Any]]:
-    """Evaluate each finished stage folder in `out` on the same test split; write `out/eval.json`."""
+    """Evaluate each finished stage folder in `out` on the same test split; write `out/eval.json`.
+    Under several processes each evaluates its share of the split (every world-th problem) and rank 0
+    writes the merged result (greedy metrics equal the single-process ones; sampled ones use other noise)."""
+    from .distributed import current
     from .pipeline import base_model, build_task_from
     from .runtime import console, setup
 
@@ -108,8 +128,13 @@ def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dic
     for name, folder in folders.items():
         model = load_model(folder, recipe.run.dtype, device).eval()
         tokenizer = load_tokenizer(folder)
-        results[name] = evaluate(model, tokenizer, task, test, recipe.prompt, recipe.eval, recipe.run.seed)
+        dist = current()
+        mine = test[dist.rank :: dist.world]
+        result = (evaluate(model, tokenizer, task, mine, recipe.prompt, recipe.eval, recipe.run.seed) if mine
+                  else {"n": 0})
+        results[name] = merge_eval(dist.gather_objects((result, len(mine))))
         console.print(f"eval {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()
                                                       if isinstance(v, float)))
-    path.write_text(json.dumps(results, indent=1))
+    if current().is_main:
+        path.write_text(json.dumps(results, indent=1))
     return results

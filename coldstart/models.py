@@ -120,10 +120,14 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a causal LM from a Hugging Face folder or hub id."""
+    """Load a causal LM from a Hugging Face folder or hub id.
+
+    Weights are read from safetensors files only (`use_safetensors=True`): a pickled `pytorch_model.bin`
+    can run code when it is loaded, so a folder that has only that is refused.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"run.dtype: unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
     return model.to(device)
 
 

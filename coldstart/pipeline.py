@@ -33,8 +33,14 @@ def base_model(recipe: Recipe, out: Path) -> str | Path:
         if not m.path:
             raise ValueError("model.path: required unless model.init is 'tiny' (a folder or a hub id)")
         return m.path
-    base = out / "base"
-    if is_complete(base):
+    from .distributed import current
+
+    base, dist = out / "base", current()
+    # every rank checks before any builds (the reduce waits for all), so they all take the same branch
+    if dist.max(0.0 if is_complete(base) else 1.0) == 0:
+        return base
+    if not dist.is_main:  # rank 0 builds it; the others wait for the whole folder
+        dist.barrier()
         return base
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(
@@ -48,6 +54,7 @@ def base_model(recipe: Recipe, out: Path) -> str | Path:
     tokenizer.save_pretrained(base)
     save_recipe(recipe, base / "config.yaml")
     (base / MARKER).write_text(json.dumps({"stage": "base", "init": "tiny"}))
+    dist.barrier()
     return base
 
 
@@ -67,13 +74,19 @@ class Stage:
 def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) -> Stage:
     """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
     checkpoint with `resume`, else from `init`, resolved by runtime.stage_start)."""
+    from .distributed import current
     from .models import add_lora, count_parameters, load_lora, load_model, load_tokenizer
     from .runtime import console, setup, stage_start
 
     stage = out / name
-    stage.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, stage / "config.yaml")
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
+    if current().world > 1 and name not in ("sft", "rl"):
+        raise ValueError(f"{name}: this stage does not run on several processes yet (sft, rl and eval do); "
+                         "run it with one process, then launch the next stages (docs/scale-out.md)")
+    if current().is_main:  # only rank 0 writes files
+        stage.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, stage / "config.yaml")
+    current().barrier()
     task = build_task_from(recipe)
     start = stage_start(out, init, base_model(recipe, out), previous_stages(recipe, name))
     ckpt = latest_checkpoint(stage) if resume else None

@@ -23,6 +23,7 @@ Deviations from the papers, on purpose:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from pathlib import Path
@@ -33,26 +34,37 @@ import torch
 from .algorithms import (
     ADVANTAGES,
     FILTERS,
+    clip_range,
     expand_groups,
     gae,
+    interleave_groups,
     kl_penalty,
     outcome_token_rewards,
     pad_select,
     pass_rate_window,
     policy_loss,
+    prefix_fraction,
+    prefix_lengths,
+    prefix_rft_advantage,
+    splice_prefix,
     token_entropy,
     token_logprobs,
     value_loss,
 )
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe, RLConfig
+from .curriculum import curriculum_pool, record_rewards
+from .distributed import current
 from .evaluate import encode_prompts, evaluate, sample_texts
 from .models import eos_ids, is_lora, load_model
+from .multiturn import Turns, build_multiturn, credit_advantages, evaluate_env
 from .pipeline import open_stage
+from .prompts import render_target
 from .rewards import build_reward
 from .rollout import SamplingParams, build_sampler
+from .rollout.base import decode_texts, max_positions
 from .rollout_utils import cat_rollouts, select_rows
-from .runtime import MetricsLog, Timer, build_optimizer, build_scheduler, console, progress
+from .runtime import MetricsLog, NonFinite, Timer, assert_finite, build_optimizer, build_scheduler, console, progress
 from .temperature import pick_temperature
 from .types import Example, Rollouts
 
@@ -96,7 +108,9 @@ def sequence_logprobs(model, ro: Rollouts, temperature: float, value_head=None, 
     Returns logp (N, T), entropy (N, T) or None, values (N, T) or None (value head on the last hidden state).
     """
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
-    mask = torch.cat([ro.prompt_mask, ro.completion_mask], 1).long()
+    # Every completion position is attended: multi-turn observation tokens (completion_mask False) were seen by
+    # the sampler; right padding comes after every real token, so causality already hides it.
+    mask = torch.cat([ro.prompt_mask, torch.ones_like(ro.completion_mask)], 1).long()
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                 output_hidden_states=value_head is not None)
@@ -110,16 +124,29 @@ def sequence_logprobs(model, ro: Rollouts, temperature: float, value_head=None, 
 
 def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params, gen, seed, times):
     """Sample B prompts × G; with the dynamic filter, resample until B informative groups (or the cap)."""
-    B, G = cfg.prompts_per_step, cfg.group_size
-    kept_ro, kept_ex, kept_scores, first_metrics, parts = [], [], [], None, []
+    dist, G = current(), cfg.group_size
+    part = dist.shard(cfg.prompts_per_step, "rl.prompts_per_step")  # this rank's prompts of the global batch
+    B = part.stop - part.start
+    kept_ro, kept_ex, kept_scores, first_metrics, parts, kept_turns = [], [], [], None, [], []
     for rounds in range(1 + (cfg.max_resample if cfg.filter == "dynamic" else 0)):  # noqa: B007
-        examples = prompt_batch(pool, state["cursor"], B, seed)
-        state["cursor"] += B
+        first = state["cursor"] + part.start
+        examples = prompt_batch(pool, first, B, seed)
+        seeds = [prompt_seed(seed, c) for c in range(first, first + B)]
+        state["cursor"] += cfg.prompts_per_step
         with Timer(times, "time/generate_s"):
-            ro = sampler.sample(policy, params["prompt_ids"](examples), params["sampling"], gen)
+            if cfg.env is not None:  # multi-turn: the environment scores every turn (coldstart.multiturn)
+                ro, scores, result, turns = params["multiturn"](policy, examples, params["sampling"], gen)
+            elif cfg.prefix_rft is None:
+                ro = sampler.sample(policy, params["prompt_ids"](examples), params["sampling"], gen, seeds)
+            else:
+                ro = _sample_with_prefix(policy, sampler, examples, params, gen, state, cfg, seeds)
         times["tokens"] = times.get("tokens", 0) + int(ro.lengths.sum())
         with Timer(times, "time/reward_s"):
-            scores, result = score(reward_fn, examples, ro, G)
+            if cfg.env is None:
+                scores, result = score(reward_fn, examples, ro, G)
+        if cfg.curriculum is not None:  # every rank's per-prompt rewards, for retrospective sampling (curriculum.py)
+            for prompts, sc in dist.gather_objects(([e.prompt for e in examples], scores.cpu())):
+                record_rewards(state["curriculum"]["rewards"], prompts, sc, G)
         # pad selects sequences after the advantage (rl_step); at the group stage it keeps every group
         opts = {"generator": gen} if cfg.filter == "dupo" else {}
         keep, fmetrics = FILTERS["none" if cfg.filter == "pad" else cfg.filter](scores, G, **opts)
@@ -130,55 +157,135 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
         kept_ro.append(select_rows(ro, rows))
         kept_ex += [examples[g] for g in keep.tolist()]
         kept_scores.append(scores[rows])
-        if len(kept_ex) >= B:
+        if cfg.env is not None:
+            kept_turns.append(turns.select(rows))
+        if dist.max(float(len(kept_ex) < B)) == 0:  # every rank's share is full
             break
     n = min(len(kept_ex), B)
     ro = select_rows(cat_rollouts(kept_ro, sampler.tokenizer.pad_token_id), torch.arange(n * G))
+    if cfg.env is not None:  # the per-turn rewards of the kept rows, for the turn credits in rl_step
+        params["turns"] = Turns.cat(kept_turns).select(torch.arange(n * G))
     return ro, kept_ex[:n], torch.cat(kept_scores)[: n * G], first_metrics, parts, rounds
 
 
+def prompt_seed(seed: int, position: int) -> int:
+    """The sampling seed of the prompt at `position` of the run's prompt stream: a prompt's completions
+    do not depend on the batch, the process or the number of processes that samples it."""
+    return (seed * 1_000_003 + position) * 2_654_435_761 % (1 << 62)
+
+
+def _sample_with_prefix(policy, sampler, examples, params, gen, state, cfg: RLConfig, seeds=None) -> Rollouts:
+    """Prefix-RFT (§11, coldstart.algorithms.prefix): per prompt G−k on-policy rollouts and k hybrids that
+    continue the scheduled prefix of its demonstration; the prefix tokens' old log-probs are the policy's own
+    (a no-grad forward pass), not the sampler's. `seeds` (one per prompt) seed both calls, the hybrids'
+    shifted so their draws differ from the on-policy rows'."""
+    pr, G, sp = cfg.prefix_rft, cfg.group_size, params["sampling"]
+    if not 1 <= pr.per_group < G:
+        raise ValueError(f"rl.prefix_rft.per_group={pr.per_group} must be in [1, group_size={G})")
+    prompts, demos, pad = params["prompt_ids"](examples), params["demo_ids"](examples), sampler.tokenizer.pad_token_id
+    frac = prefix_fraction(state["step"], cfg.steps, pr.start, pr.end, pr.schedule)
+    lens = prefix_lengths([len(d) for d in demos], frac, sp.max_new_tokens)
+    on = sampler.sample(policy, prompts, dataclasses.replace(sp, n=G - pr.per_group), gen, seeds)
+    starts = [p + d[:n] for p, d, n in zip(prompts, demos, lens, strict=True)]
+    room = (max_positions(policy) or 1 << 30) - max(map(len, starts))  # the longest start must fit the model
+    cont = sampler.sample(policy, starts, dataclasses.replace(
+        sp, n=pr.per_group, max_new_tokens=max(1, min(sp.max_new_tokens - min(lens), room))), gen,
+        None if seeds is None else [(s * 31 + 7) % (1 << 62) for s in seeds])
+    hyb = splice_prefix(cont, torch.tensor(lens).repeat_interleave(pr.per_group), sp.max_new_tokens, pad,
+                        lambda ids, n: decode_texts(sampler.tokenizer, ids, n, sp.stop))
+    with torch.no_grad():
+        hyb.logprobs = torch.where(hyb.prefix_mask, sequence_logprobs(policy, hyb, cfg.temperature)[0], hyb.logprobs)
+    return interleave_groups(on, hyb, G - pr.per_group, pr.per_group, pad)
+
+
+def _prefix_advantage(policy, ro: Rollouts, scores, adv, cfg: RLConfig, row: dict) -> torch.Tensor:
+    """Prefix-RFT's advantage on the prefix tokens (algorithms.prefix.prefix_rft_advantage), with the
+    policy's entropy at sampling time (it has not been updated since) from a no-grad pass over the hybrids."""
+    if ro.prefix_mask is None:
+        raise ValueError("rl.prefix_rft applies to single-turn rollouts; unset it or rl.env")
+    hybrid = ro.prefix_mask.any(1)
+    entropy = torch.zeros_like(adv)
+    if hybrid.any():
+        with torch.no_grad():
+            ent = sequence_logprobs(policy, select_rows(ro, hybrid), cfg.temperature, need_entropy=True)[1]
+        entropy[hybrid, : ent.shape[1]] = ent
+    adv, metrics = prefix_rft_advantage(adv, scores, ro.prefix_mask, entropy, cfg.group_size,
+                                        entropy_top=cfg.prefix_rft.entropy_top, std_normalize=cfg.advantage == "grpo")
+    row.update(metrics)
+    return adv
+
+
 def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values, cfg: RLConfig,
-           max_tokens: int) -> dict[str, float]:
+           max_tokens: int, weight: float = 1.0) -> dict[str, float]:
     """μ = cfg.epochs passes of PPO-clip; one optimizer step per minibatch of `cfg.minibatch_size` rows,
-    each accumulated over micro-batches of `cfg.micro_batch_size` rows. Returns metrics averaged by weight."""
+    each accumulated over micro-batches of `cfg.micro_batch_size` rows. Returns metrics averaged by weight.
+
+    ro holds this rank's N rows; adv, returns, old_values are (N, T). Under several processes the
+    minibatch size and the loss normalisers are global (summed over ranks) and every rank makes the same
+    number of passes; `weight` 0 makes this rank's passes count for nothing (it had no rows to train on).
+    An optimizer step whose loss or gradient is NaN / inf on any rank is skipped (`optimizer_steps_skipped`).
+    """
+    dist = current()
     N = ro.completion_mask.shape[0]
     mask = ro.completion_mask & ~ro.truncated[:, None] if cfg.overlong_filter else ro.completion_mask
     needs_all = cfg.kl_coef != 0 or cfg.entropy_coef != 0 or value_head is not None
     active = mask.any(1) & (needs_all | ((adv * mask).abs().sum(1) > 0))
-    mb_size, micro = cfg.minibatch_size or N, cfg.micro_batch_size
+    if cfg.minibatch_size:
+        mb_size = cfg.minibatch_size // dist.world
+        dist.shard(cfg.minibatch_size, "rl.minibatch_size")  # checks that it divides over the processes
+    else:
+        mb_size = N
+    micro = cfg.micro_batch_size
+    n_minibatches = int(dist.max(-(-N // max(mb_size, 1))))
     params = [p for g in opt.param_groups for p in g["params"]]
     sums: dict[str, float] = {"_w": 0.0}
+    skipped = 0
     gen = torch.Generator().manual_seed(int(ro.completion_ids.sum()) % (1 << 31))
     for _ in range(cfg.epochs):
         order = torch.randperm(N, generator=gen) if mb_size < N else torch.arange(N)
-        for start in range(0, N, mb_size):
-            mb = order[start : start + mb_size]
-            # Normalisers of the whole minibatch, so skipped rows leave the gradient unchanged.
-            total_tok, total_seq = float(mask[mb].sum()), len(mb)
+        for j in range(n_minibatches):
+            mb = order[j * mb_size : (j + 1) * mb_size]
+            # Normalisers of the whole (global) minibatch, so skipped rows leave the gradient unchanged.
+            total_tok = dist.sum(float(mask[mb].sum()) * weight)
+            total_seq = dist.sum(len(mb) * weight)
             mb = mb[active[mb]]
-            if len(mb) == 0 or total_tok == 0:
+            n_micro = int(dist.max(-(-len(mb) // micro) if weight else 0))
+            if n_micro == 0 or total_tok == 0:
                 continue
-            for i in range(0, len(mb), micro):
-                rows = mb[i : i + micro]
+            finite = True
+            for i in range(n_micro):
+                rows, w = mb[i * micro : (i + 1) * micro], weight
+                if len(rows) == 0:  # this rank ran out of rows: a zero-weight pass keeps the ranks in step
+                    rows, w = torch.arange(1), 0.0
                 share = (float(mask[rows].sum()) / total_tok if cfg.loss_agg == "token_mean"
-                         else len(rows) / total_seq)
+                         else len(rows) / total_seq) * w
                 sub = select_rows(ro, rows)  # trimmed to its widest row: slice the (N, T) tensors alike
                 T = sub.completion_ids.shape[1]
                 cut = [None if x is None else x[rows][:, :T] for x in (mask, adv, returns, old_values)]
-                metrics = _micro_step(policy, ref, value_head, sub, *cut, cfg, max_tokens, share)
+                # the engine averages gradients over ranks: scale by the process count to sum them
+                with dist.no_sync(policy, sync=i == n_micro - 1):
+                    metrics = _micro_step(policy, ref, value_head, sub, *cut, cfg, max_tokens, share * dist.world)
+                finite &= metrics.pop("_finite")
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * share
                 sums["_w"] += share
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
-            sums["_steps"] = sums.get("_steps", 0) + 1
-            opt.step()
+            if value_head is not None:
+                dist.all_reduce_grads(value_head.parameters())
+            norm = float(dist.clip_grad_norm_(params, cfg.grad_clip))
+            if dist.max(0.0 if finite and math.isfinite(norm) else 1.0) == 0:
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
+                sums["_steps"] = sums.get("_steps", 0) + 1
+                opt.step()
+            else:
+                skipped += 1
             opt.zero_grad(set_to_none=True)
     w, steps = sums.pop("_w"), sums.pop("_steps", 0)
     out = {k: v / w for k, v in sums.items() if k != "grad_norm"} if w else {}
     if steps:
         out["grad_norm"] = sums["grad_norm"] / steps
-    out.update({"rows/skipped": int((~active).sum()), "rows/trained": int(active.sum()), "optimizer_steps": steps})
+    trained = int(active.sum()) if weight else 0
+    out.update({"rows/skipped": N - trained, "rows/trained": trained, "optimizer_steps": steps,
+                "optimizer_steps_skipped": skipped})
     return out
 
 
@@ -190,19 +297,22 @@ def _micro_step(policy, ref, value_head, sub: Rollouts, m, adv, returns, old_val
     if ref is not None and not cfg.kl_in_reward:
         with torch.no_grad():
             ref_logp = sequence_logprobs(ref, sub, cfg.temperature)[0]
+    eps = ((cfg.eps_low, cfg.eps_high) if cfg.prefix_rft is None else  # Prefix-RFT: own range on prefix tokens
+           clip_range(sub.prefix_mask, cfg.eps_low, cfg.eps_high, cfg.prefix_rft.eps_low, cfg.prefix_rft.eps_high))
     loss, metrics = policy_loss(
-        logp, sub.logprobs, adv, m, eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip,
+        logp, sub.logprobs, adv, m, eps_low=eps[0], eps_high=eps[1], dual_clip=cfg.dual_clip,
         agg=cfg.loss_agg, max_tokens=max_tokens, ref_logp=ref_logp, kl_coef=cfg.kl_coef if ref_logp is not None
         else 0.0, kl_type=cfg.kl_type, entropy=ent, entropy_coef=cfg.entropy_coef)
     if value_head is not None:
         vloss, vmetrics = value_loss(values, old_values, returns, m)
         loss = loss + cfg.vf_coef * vloss
         metrics.update(vmetrics)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"rl: loss is {float(loss)}; the last checkpoint is kept")
-    (loss * share).backward()
+    finite = bool(torch.isfinite(loss))  # a NaN / inf loss still goes backward (the ranks must stay in step);
+    (loss * share).backward()            # update() then skips the optimizer step
     sampled = _sampled_token_metrics(logp.detach(), sub.logprobs, m)
-    return {**sampled, **metrics}  # an exact entropy from the loss (entropy_coef ≠ 0) wins over the estimate
+    if not finite:
+        metrics = {k: 0.0 for k in metrics}
+    return {**sampled, **metrics, "_finite": finite}  # an exact entropy (entropy_coef ≠ 0) wins over the estimate
 
 
 def _sampled_token_metrics(logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -213,15 +323,21 @@ def _sampled_token_metrics(logp: torch.Tensor, sampler_logp: torch.Tensor, mask:
     return {"entropy": float((-logp * m).sum() / n), "logprob_gap": float(((logp - sampler_logp).abs() * m).sum() / n)}
 
 
-def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe: Recipe, sampling) -> dict:
-    """One RL step: sample → reward → filter → advantage → update. Returns the step's metrics row."""
+def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe: Recipe, sampling,
+            trained=None) -> dict:
+    """One RL step: sample → reward → filter → advantage → update. Returns the step's metrics row (this
+    rank's). `trained` is the policy as the engine wrapped it for training (DDP / FSDP), if launched so."""
     cfg, G, times = recipe.rl, recipe.rl.group_size, {}
     ro, examples, scores, first, parts, rounds = sample_batch(
         policy, sampler, reward_fn, pool, state, cfg, sampling, sampling["generator"], recipe.run.seed, times)
     row = _rollout_metrics(first, parts, times, rounds)
-    if not examples:  # every group uninformative and no refill found one: nothing to learn from
+    weight = 1.0
+    if current().max(len(examples)) == 0:  # every group uninformative and no refill found one: nothing to learn
         return {**row, **_passive_metrics(policy, ref, first["ro"], cfg), "rows/trained": 0,
-                "rows/skipped": first["ro"].completion_mask.shape[0], "optimizer_steps": 0}
+                "rows/skipped": first["ro"].completion_mask.shape[0], "optimizer_steps": 0,
+                "optimizer_steps_skipped": 0}
+    if not examples:  # other ranks train: this one joins their passes with zero weight
+        ro, scores, weight = first["ro"], first["scores"], 0.0
     with Timer(times, "time/train_s"):
         mask = ro.completion_mask
         scores = scores.to(mask.device)  # rewards are computed on the CPU
@@ -237,10 +353,16 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
         adv, adv_metrics = ADVANTAGES[cfg.advantage](scores, mask, G, token_rewards=token_rewards, values=values,
                                                       gamma=cfg.gamma, lam=cfg.lam)
         row.update({k: v for k, v in adv_metrics.items() if k != "groups/zero_std_frac"})
+        if cfg.env is not None and cfg.turn_credit != "equalized":  # UserRL: spread A over the turns by credit
+            adv, credit_metrics = credit_advantages(adv, sampling["turns"], cfg.turn_credit, cfg.turn_gamma)
+            row.update(credit_metrics)
+        if cfg.prefix_rft is not None:  # prefix tokens: their own advantage, only the high-entropy ones
+            adv = _prefix_advantage(policy, ro, scores, adv, cfg, row)
         if cfg.filter == "pad":  # ReVisual-R1 PAD: a prioritised subset of the sequences goes into the loss
             ro, adv, returns, values = _pad(ro, adv, returns, values, state["step"], recipe, row,
                                             sampling["generator"])
-        row.update(update(policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens))
+        row.update(update(trained or policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens,
+                          weight))
         if not row["rows/trained"]:  # every advantage was 0: measure the policy without training it
             row.update(_passive_metrics(policy, ref, ro, cfg))
     row["time/train_s"] = times["time/train_s"]
@@ -302,6 +424,10 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     st = open_stage(recipe, out, "rl", cfg.init, resume)
     stage, device, task, start, ckpt, tokenizer, policy = (st.dir, st.device, st.task, st.start, st.ckpt,
                                                            st.tokenizer, st.model)
+    dist = current()
+    if dist.world > 1 and cfg.advantage == "reinforce_pp":
+        raise ValueError("rl.advantage=reinforce_pp whitens over the whole batch, which is split over the "
+                         f"{dist.world} processes here; use grpo, dr_grpo, rloo or gae, or one process")
     ref = None
     if cfg.kl_coef != 0:  # with LoRA the reference is the policy with its adapter switched off: no second copy
         ref = (AdapterOff(policy) if is_lora(policy)
@@ -322,12 +448,17 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     if ckpt is not None:
         state = load_trainer_state(ckpt, opt, sched, {"sampler": gen}, extra)
         console.print(f"rl: resumed from {ckpt} at step {state['step']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
+    nonfinite = NonFinite("rl", run.max_nonfinite_steps, state)
+    trained, opt = dist.prepare(policy, opt)  # the engine's wrapper (DDP / FSDP) when launched on several ranks
     sampling = {"prompt_ids": lambda exs: encode_prompts(tokenizer, exs, recipe.prompt),
                 "sampling": SamplingParams(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                            stop=cfg.stop, eos_ids=eos_ids(tokenizer, policy)),
-                "generator": gen}  # the sampling noise (DUPO's draws and PAD's too); saved with each checkpoint
+                "demo_ids": lambda exs: [[*ids, tokenizer.eos_token_id] for ids in tokenizer(  # Prefix-RFT's y*:
+                    [render_target(e, recipe.prompt.strategy) for e in exs], add_special_tokens=False).input_ids],
+                "generator": gen,  # the sampling noise (DUPO's draws and PAD's too); saved with each checkpoint
+                "multiturn": build_multiturn(recipe, task, sampler, tokenizer)}  # rl.env's rollouts, or None
     if cfg.prefilter is not None:
         if "pool_ids" not in state:  # measured once with the starting policy, kept in the state for resume
             state["pool_ids"] = _prefilter(policy, tokenizer, sampler, task, pool, recipe)
@@ -335,48 +466,92 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         if not pool:
             raise ValueError("rl.prefilter: no training prompt has a pass rate in [min_pass, max_pass]; "
                              "widen the window")
+    full_pool = pool  # rl.curriculum trains a phase of it (plus carried hard examples) at a time
     console.print(f"rl: from {start}, {cfg.steps} steps of {cfg.prompts_per_step}×{cfg.group_size}, "
-                  f"advantage={cfg.advantage}, filter={cfg.filter}, device={device}")
+                  f"advantage={cfg.advantage}, filter={cfg.filter}, device={device}"
+                  + (f", {dist.world} processes" if dist.world > 1 else ""))
 
     t_start = time.perf_counter() - state["elapsed"]
-    save = lambda name=None: save_checkpoint(stage, state["step"], policy, tokenizer, state, opt,  # noqa: E731
-                                             sched, {"sampler": gen}, extra, name=name)
+    def save(name: str | None = None) -> Path:
+        """Checkpoint on rank 0 (never a non-finite model), then wait for it on every rank."""
+        path = stage / "checkpoints" / (name or f"step-{state['step']:06d}")
+        if dist.is_main:
+            assert_finite(policy, f"rl step {state['step']}")
+            path = save_checkpoint(stage, state["step"], policy, tokenizer, state, opt, sched, {"sampler": gen},
+                                   extra, name=name)
+        dist.barrier()
+        return path
+
+    last = ckpt
     with progress(run.quiet) as bar:
         bar_id = bar.add_task("rl", total=cfg.steps, completed=state["step"], info="")
         while state["step"] < cfg.steps:
+            phase = {}
+            if cfg.curriculum is not None:  # QwenLong-L1: the current phase's pool (coldstart.curriculum)
+                pool, phase = curriculum_pool(full_pool, state, cfg.curriculum, cfg.steps, run.seed)
             probe = _tune_temperature(policy, sampler, pool, state, recipe, sampling)
             row = {"step": state["step"] + 1,
-                   **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling),
-                   "temperature": recipe.rl.temperature, **probe}
+                   **rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recipe, sampling,
+                             trained),
+                   "temperature": recipe.rl.temperature, **probe, **phase}
             with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()
             state["step"] += 1
             state["elapsed"] = time.perf_counter() - t_start
             row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state["elapsed"]})
+            if dist.world > 1:  # the step's metrics over every rank's share of the batch
+                row = merge_rows(dist.gather_objects(row))
+                row["dist/param_checksum"] = dist.check_in_sync(policy, state["step"])
+            nonfinite.check(not row["optimizer_steps_skipped"], state["step"], last)
+            row["nonfinite_steps"] = state["nonfinite_total"]
             _warn_flat(row, state)
             if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
                 row.update(_evaluate_val(policy, tokenizer, task, val, recipe))
                 if state["best"] is None or row["eval/accuracy"] > state["best"]:
                     state["best"] = row["eval/accuracy"]
                     save("best")
-            log.write(row)
+            if log is not None:
+                log.write(row)
             bar.update(bar_id, completed=state["step"],
                        info=f"reward {row['reward/mean']:.3f} zero-std {row['groups/zero_std_frac']:.2f}")
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < cfg.steps:
-                save()
+                last = save()
             if cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds:
                 break
     last = save()
     best = stage / "checkpoints" / "best"
     final = best if cfg.keep_best and best.is_dir() else last
     summary = {"stage": "rl", "steps": state["step"], "seconds": state["elapsed"],
-               "best_val_accuracy": state["best"], "flat_steps": state["flat_steps"]}
-    finalize_stage(stage, final, summary, lora_base=start if recipe.model.lora else None)
+               "best_val_accuracy": state["best"], "flat_steps": state["flat_steps"],
+               "nonfinite_steps": state["nonfinite_total"]}
+    if dist.is_main:
+        finalize_stage(stage, final, summary, lora_base=start if recipe.model.lora else None)
+    dist.barrier()
     if state["flat_steps"]:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
     return stage
+
+
+SUMMED = ("rows/", "reward/errors", "optimizer_steps", "groups/duplicated", "tokens")
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    """One metrics row from every rank's: counts (`SUMMED` prefixes) add up, `*/max` takes the maximum,
+    other numbers are averaged over the ranks that have them; anything else comes from rank 0."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r.get(key) for r in rows]
+        if isinstance(value, bool) or not all(isinstance(v, int | float) for v in values):
+            continue
+        if key.startswith(SUMMED):
+            out[key] = sum(values)
+        elif key.endswith("/max"):
+            out[key] = max(values)
+        elif key not in ("step", "lr", "temperature") and not key.startswith(("time/", "eval/")):
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def _prefilter(policy, tokenizer, sampler, task, pool: list[Example], recipe: Recipe) -> list[int]:
@@ -433,6 +608,9 @@ def _evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, flo
     cfg = recipe.eval.model_copy(update={"samples": recipe.rl.eval_samples,
                                          "max_new_tokens": recipe.rl.max_new_tokens})
     result = evaluate(policy, tokenizer, task, val, recipe.prompt, cfg, recipe.run.seed)
+    if recipe.rl.env is not None:  # whole greedy games: turns/mean, turns/solved
+        games = build_multiturn(recipe, task, build_sampler(recipe.rl.sampler, tokenizer), tokenizer)
+        result.update(evaluate_env(games, policy, val, recipe.rl.max_new_tokens, eos_ids(tokenizer, policy)))
     return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
 
 

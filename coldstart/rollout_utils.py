@@ -20,6 +20,7 @@ def select_rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
         prompt_ids=ro.prompt_ids[rows][:, p_keep:], prompt_mask=pm[:, p_keep:],
         completion_ids=ro.completion_ids[rows][:, :t_keep], completion_mask=cm[:, :t_keep],
         logprobs=ro.logprobs[rows][:, :t_keep], truncated=ro.truncated[rows], texts=[ro.texts[i] for i in idx],
+        prefix_mask=None if ro.prefix_mask is None else ro.prefix_mask[rows][:, :t_keep],
     )
 
 
@@ -42,4 +43,7 @@ def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         logprobs=torch.cat([right(r.logprobs, 0.0) for r in parts]),
         truncated=torch.cat([r.truncated for r in parts]),
         texts=[t for r in parts for t in r.texts],
+        prefix_mask=(None if all(r.prefix_mask is None for r in parts) else torch.cat(
+            [right(torch.zeros_like(r.completion_mask) if r.prefix_mask is None else r.prefix_mask, False)
+             for r in parts])),
     )

@@ -3,6 +3,7 @@ the metrics log, the progress bar, and which model folder a stage starts from.""
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import random
@@ -12,7 +13,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from .checkpoint import is_complete
 
@@ -20,13 +28,20 @@ console = Console(stderr=True)
 
 
 def setup(seed: int, threads: int | None, device: str) -> torch.device:
-    """Seed python and torch, set intra-op threads, and resolve `auto` to cuda / mps / cpu."""
+    """Seed python and torch, set intra-op threads, and resolve `auto` to cuda / mps / cpu. Under
+    `accelerate launch` the device is the one accelerate gave this rank, and only rank 0 prints."""
+    from .distributed import current
+
+    dist = current()
+    console.quiet = not dist.is_main
     random.seed(seed)
     torch.manual_seed(seed)
     # Denormal floats make CPU matmuls several times slower once trained weights and activations get tiny.
     torch.set_flush_denormal(True)
     if threads:
         torch.set_num_threads(threads)
+    if dist.device is not None:
+        return dist.device
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -59,10 +74,49 @@ def build_scheduler(optimizer, schedule: str, total_steps: int, warmup: float, m
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `path`; on resume, drops lines past the resumed step."""
+def assert_finite(model: torch.nn.Module, where: str) -> None:
+    """Raise FloatingPointError naming the first parameter holding NaN or inf (called before every save,
+    so a checkpoint never holds one)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(f"{where}: parameter {name} holds NaN or inf; not saving it")
 
-    def __init__(self, path: str | Path, resume_step: int | None = None):
+
+class NonFinite:
+    """Counts optimizer steps skipped for a NaN / inf loss or gradient; `limit` in a row stop the run."""
+
+    def __init__(self, stage: str, limit: int, state: dict):
+        self.stage, self.limit, self.state = stage, limit, state
+        state.setdefault("nonfinite_run", 0)
+        state.setdefault("nonfinite_total", 0)
+
+    def check(self, ok: bool, step: int, last_ckpt) -> bool:
+        """Record whether this step's loss and gradient were finite; True when the step must be skipped.
+        Raises FloatingPointError after `limit` skipped steps in a row."""
+        if ok:
+            self.state["nonfinite_run"] = 0
+            return False
+        self.state["nonfinite_run"] += 1
+        self.state["nonfinite_total"] += 1
+        console.print(f"[yellow]{self.stage}: step {step}: non-finite loss or gradient; step skipped "
+                      f"({self.state['nonfinite_run']} in a row, {self.state['nonfinite_total']} in all)")
+        if self.state["nonfinite_run"] >= self.limit:
+            raise FloatingPointError(
+                f"{self.stage}: {self.limit} steps in a row had a NaN or inf loss or gradient (last at step "
+                f"{step}); stopped. The last checkpoint is intact: {last_ckpt}. Lower the learning rate, "
+                f"check the data, or raise run.max_nonfinite_steps")
+        return True
+
+
+class MetricsLog:
+    """Appends one JSON object per line to `path`; on resume, drops lines past the resumed step.
+
+    Every row also goes to the sinks named in `log_to` ("tensorboard": `<stage>/tb/`, "wandb"); None reads
+    `run.log_to` from the stage's `config.yaml` next to `path` (open_stage writes it), so every stage that logs
+    through MetricsLog feeds the same dicts to all sinks.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int | None = None, log_to: list[str] | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
@@ -70,10 +124,101 @@ class MetricsLog:
         elif self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
+        names = _configured_sinks(self.path.parent) if log_to is None else list(log_to)
+        self.sinks = [SINKS[name](self.path.parent, resume_step) for name in dict.fromkeys(names)]
+        if self.sinks:
+            atexit.register(self.close)
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append `row` to metrics.jsonl and hand it to every sink."""
         with self.path.open("a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+        for sink in self.sinks:
+            sink.write(row)
+
+    def close(self) -> None:
+        """Flush and close the sinks (also called at exit)."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
+def _configured_sinks(stage: Path) -> list[str]:
+    """`run.log_to` of the recipe saved in `stage/config.yaml`, or [] without one."""
+    import yaml
+
+    cfg = stage / "config.yaml"
+    if not cfg.is_file():
+        return []
+    data = yaml.safe_load(cfg.read_text()) or {}
+    names = (data.get("run") or {}).get("log_to") or []
+    unknown = [n for n in names if n not in SINKS]
+    if unknown:
+        raise ValueError(f"{cfg}: run.log_to: unknown sink(s) {unknown}; valid: {', '.join(SINKS)}")
+    return list(names)
+
+
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics row but `step`, as floats (None, strings and lists are dropped)."""
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+
+
+class TensorBoardSink:
+    """Scalars of each row into `<stage>/tb/` (torch.utils.tensorboard), at the row's `step`."""
+
+    def __init__(self, stage: Path, resume_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ValueError("run.log_to: tensorboard needs the tensorboard package: "
+                             "pip install coldstart[tensorboard]") from e
+        # purge_step drops events a killed run wrote past the step it resumes from
+        self.writer = SummaryWriter(str(stage / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Add every numeric value of `row` as a scalar at `row["step"]`."""
+        step = int(row.get("step", 0))
+        for key, value in scalars(row).items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Close the event file."""
+        self.writer.close()
+
+
+class WandbSink:
+    """Each row to Weights & Biases: project $WANDB_PROJECT (default coldstart), run `<run folder>/<stage>`,
+    mode from $WANDB_MODE (online | offline | disabled), files under `<stage>/`."""
+
+    def __init__(self, stage: Path, resume_step: int | None = None):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ValueError("run.log_to: wandb is not installed: pip install coldstart[wandb]") from e
+        import os
+
+        import yaml
+
+        if wandb.run is not None:  # the previous stage of the same `coldstart run`
+            wandb.run.finish()
+        cfg = stage / "config.yaml"
+        config = yaml.safe_load(cfg.read_text()) if cfg.is_file() else {}
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "coldstart"),
+                              name=f"{stage.resolve().parent.name}/{stage.name}", group=stage.resolve().parent.name,
+                              job_type=stage.name, dir=str(stage), config=config,
+                              mode=os.environ.get("WANDB_MODE") or None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Log the numeric values of `row` at `row["step"]`."""
+        self.run.log(scalars(row), step=int(row.get("step", 0)))
+
+    def close(self) -> None:
+        """Finish the W&B run."""
+        self.run.finish()
+
+
+SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
 
 
 def _step_of(line: str) -> int:
@@ -84,12 +229,14 @@ def _step_of(line: str) -> int:
 
 
 def progress(quiet: bool) -> Progress:
-    """A rich progress bar on stderr (disabled when quiet)."""
+    """A rich progress bar on stderr with elapsed time and ETA (disabled when quiet)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
         disable=quiet,

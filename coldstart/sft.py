@@ -24,10 +24,11 @@ import torch
 
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe
+from .distributed import current
 from .evaluate import evaluate_greedy
 from .pipeline import open_stage, select_traces
 from .prompts import render_prompt, render_target
-from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress
+from .runtime import MetricsLog, NonFinite, assert_finite, build_optimizer, build_scheduler, console, progress
 
 
 @dataclass
@@ -118,6 +119,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     cfg, run = recipe.sft, recipe.run
     st = open_stage(recipe, out, "sft", cfg.init, resume)
     stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
+    dist = current()
 
     traces = select_traces(task.examples("train", recipe.task.train_size, run.seed), cfg.traces)
     val = task.examples("val", recipe.task.val_size, run.seed)
@@ -136,8 +138,11 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     if ckpt is not None:
         state = load_trainer_state(ckpt, opt, sched)
         console.print(f"sft: resumed from {ckpt} at step {state['step']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
-    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packed={pack}, device={device}")
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
+    nonfinite = NonFinite("sft", run.max_nonfinite_steps, state)
+    trained, opt = dist.prepare(model, opt)  # the engine's wrapper (DDP / FSDP) when launched on several ranks
+    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packed={pack}, device={device}"
+                  + (f", {dist.world} processes" if dist.world > 1 else ""))
 
     t_start = time.perf_counter() - state["elapsed"]
     last_ckpt = ckpt
@@ -146,39 +151,78 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         while state["step"] < total:
             step = state["step"]
             batch = [seqs[i] for i in batch_for_step(len(seqs), step, cfg.batch_size, run.seed)]
-            inputs = {k: v.to(device) for k, v in collate(batch, pack, tokenizer.pad_token_id).items()}
-            loss, n_tok = masked_lm_loss(model, inputs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"sft: loss is {float(loss)} at step {step}; "
-                                         f"last checkpoint kept: {last_ckpt}")
+            loss, n_tok, grad_norm = _train_step(trained, opt, batch, pack, tokenizer.pad_token_id, device,
+                                                 cfg.grad_clip, dist)
+            if not nonfinite.check(grad_norm is not None, step + 1, last_ckpt):
+                opt.step()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
             sched.step()
             state["step"] = step = step + 1
             state["elapsed"] = time.perf_counter() - t_start
-            row = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": n_tok,
-                   "lr": sched.get_last_lr()[0], "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"]}
+            row = {"step": step, "loss": loss, "grad_norm": grad_norm, "tokens": n_tok, "lr": sched.get_last_lr()[0],
+                   "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"],
+                   "nonfinite_steps": state["nonfinite_total"]}
             stop = False
             if cfg.eval_every and val and (step % cfg.eval_every == 0 or step == total):
                 stop = _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage)
             out_of_time = cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds
-            log.write(row)
-            bar.update(task_id, completed=step, info=f"loss {row['loss']:.3f}")
+            if log is not None:
+                log.write(row)
+            bar.update(task_id, completed=step, info=f"loss {row['loss'] or float('nan'):.3f}")
+            if dist.world > 1:
+                dist.check_in_sync(model, step)
             if stop or out_of_time:
                 break
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                last_ckpt = save_checkpoint(stage, step, model, tokenizer, state, opt, sched)
+                last_ckpt = _save(stage, model, tokenizer, state, opt, sched, dist)
 
-    last_ckpt = save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched)
+    last_ckpt = _save(stage, model, tokenizer, state, opt, sched, dist)
     best = stage / "checkpoints" / "best"
     final = best if best.is_dir() else last_ckpt
     summary = {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
-               "seconds": state["elapsed"], "traces": len(seqs)}
-    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+               "seconds": state["elapsed"], "traces": len(seqs), "nonfinite_steps": state["nonfinite_total"]}
+    if dist.is_main:
+        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    dist.barrier()
     console.print(f"sft: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
     return stage
+
+
+def _train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device, grad_clip: float,
+                dist) -> tuple[float, int, float | None]:
+    """Forward + backward of this rank's share of the global batch, then gradient clipping.
+
+    The loss is normalised by the label tokens of the whole global batch (and scaled by the process count,
+    since the engine averages gradients over ranks), so the gradient is the single-process one. A rank
+    whose share is empty runs a zero-weight pass (every rank must make the same passes). Returns the global
+    mean loss, the global label-token count and the gradient norm (None when the loss or gradient is not
+    finite on any rank: the caller skips the optimizer step).
+    """
+    total = sum(len(e.ids) - e.n_prompt for e in batch)  # label tokens of the global batch
+    mine, weight = batch[dist.rank :: dist.world], 1.0
+    if not mine:
+        mine, weight = batch[:1], 0.0
+    inputs = {k: v.to(device) for k, v in collate(mine, pack, pad_id).items()}
+    loss, n = masked_lm_loss(model, inputs)
+    scale = n / total * dist.world * weight
+    (loss * scale).backward()
+    local = float(loss.detach()) * n * weight
+    grad_norm = float(dist.clip_grad_norm_(model.parameters(), grad_clip))
+    finite = math.isfinite(local) and math.isfinite(grad_norm)
+    if dist.world > 1:
+        local = dist.sum(local if finite else 0.0)
+        finite = dist.max(0.0 if finite else 1.0) == 0.0
+    return (local / max(total, 1) if finite else None), total, grad_norm if finite else None
+
+
+def _save(stage: Path, model, tokenizer, state: dict, opt, sched, dist, name: str | None = None) -> Path:
+    """Checkpoint on rank 0 (never a non-finite model), then wait for it on every rank; returns its path."""
+    path = stage / "checkpoints" / (name or f"step-{state['step']:06d}")
+    if dist.is_main:
+        assert_finite(model, f"sft step {state['step']}")
+        path = save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched, name=name)
+    dist.barrier()
+    return path
 
 
 def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage) -> bool:
@@ -190,7 +234,7 @@ def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state
     row["val/accuracy"] = acc
     if state["best"] is None or acc > state["best"]:
         state["best"], state["bad_evals"] = acc, 0
-        save_checkpoint(stage, state["step"], model, tokenizer, state, name="best")
+        _save(stage, model, tokenizer, state, None, None, current(), name="best")
         return False
     state["bad_evals"] += 1
     return bool(cfg.patience) and state["bad_evals"] >= cfg.patience

@@ -60,6 +60,9 @@ class Rollouts:
                     (after temperature / top-k / top-p); 0 where completion_mask is False
     truncated:      (N,) bool, True where no eos/stop was produced within max_new_tokens
     texts:          N decoded completions (special tokens removed, cut at a stop string)
+    prefix_mask:    (N, T) bool or None, True on completion tokens copied from a demonstration (Prefix-RFT
+                    hybrid rows, coldstart.algorithms.prefix): off-policy, their `logprobs` are the policy's
+                    own at sampling time, not the sampler's
     """
 
     prompt_ids: torch.Tensor
@@ -69,6 +72,7 @@ class Rollouts:
     logprobs: torch.Tensor
     truncated: torch.Tensor
     texts: list[str]
+    prefix_mask: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -62,3 +62,66 @@ def test_named_resave_swaps_whole(tmp_path):
     save_checkpoint(tmp_path, 2, model, tok, {"v": 2}, name="best")
     assert json.loads((tmp_path / "checkpoints" / "best" / "trainer_state" / "state.json").read_text())["v"] == 2
     assert latest_checkpoint(tmp_path) is None  # "best" is not a resume point
+
+
+class _RunsCode:
+    """Unpickling this runs `touch <path>`: what a malicious trainer state could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.path}",)
+
+
+def test_trainer_state_with_pickled_objects_is_refused(tmp_path):
+    import pytest
+
+    from coldstart.checkpoint import UnsafeCheckpointError
+
+    model, tok = tiny()
+    ck = save_checkpoint(tmp_path, 1, model, tok, {})
+    marker = tmp_path / "code-ran"
+    blob = torch.load(ck / "trainer_state" / "states.pt", weights_only=True)
+    torch.save({**blob, "python_rng": _RunsCode(marker)}, ck / "trainer_state" / "states.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"states\.pt: refused to load"):
+        load_trainer_state(ck)
+    assert not marker.exists()
+
+
+def test_scheduler_value_head_and_rng_states_load_with_weights_only(tmp_path):
+    """Everything the trainers save passes torch.load(weights_only=True), the python RNG tuple included."""
+    import random
+
+    model, tok = tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    head = torch.nn.Linear(4, 1)
+    model(torch.tensor([[5, 6, 7]])).logits.sum().backward()
+    opt.step()
+    sched.step()
+    random.seed(7)
+    ck = save_checkpoint(tmp_path, 1, model, tok, {}, opt, sched, extra_modules={"value_head": head})
+    expected = random.random()
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 0.5 ** step)
+    head2 = torch.nn.Linear(4, 1)
+    load_trainer_state(ck, opt2, sched2, extra_modules={"value_head": head2})
+    assert random.random() == expected and sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == 5e-4
+    assert torch.equal(head2.weight, head.weight)
+
+
+def test_models_load_only_safetensors(tmp_path):
+    import pytest
+
+    from coldstart.models import load_model
+
+    model, _ = tiny()
+    model.save_pretrained(tmp_path / "safe")
+    assert torch.equal(load_model(tmp_path / "safe").model.embed_tokens.weight, model.model.embed_tokens.weight)
+    model.config.save_pretrained(tmp_path / "pickled")  # a folder with the weights as a pickle only
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        load_model(tmp_path / "pickled")

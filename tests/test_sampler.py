@@ -273,3 +273,23 @@ def test_bad_prompts_and_names_raise(model):
         TorchSampler(TOK, cache="paged")
     assert set(SAMPLERS) == {"torch", "hf"} and isinstance(build_sampler("torch", TOK), TorchSampler)
 
+
+
+@pytest.mark.parametrize("name", ["static", "dynamic"])
+def test_per_prompt_seeds_make_samples_independent_of_the_batch(model, name):
+    """With seeds, a prompt's samples are the same whether it is sampled alone or with others (what lets
+    several processes each sample a shard of the batch and get the single-process rollouts)."""
+    sampler, params = SAMPLERS_UNDER_TEST[name](), SamplingParams(n=3, max_new_tokens=12)
+    together = sampler.sample(model, prompts(), params, seeds=[11, 12, 13, 14])
+    for i, p in enumerate(prompts()):
+        alone = sampler.sample(model, [p], params, seeds=[11 + i])
+        rows = slice(3 * i, 3 * i + 3)
+        width = alone.completion_ids.shape[1]
+        assert torch.equal(together.completion_ids[rows, :width], alone.completion_ids)
+        assert together.texts[rows] == alone.texts
+        torch.testing.assert_close(together.logprobs[rows, :width], alone.logprobs, atol=1e-4, rtol=0)
+    other = sampler.sample(model, prompts(), params, seeds=[21, 12, 13, 14])
+    assert not torch.equal(other.completion_ids[:3], together.completion_ids[:3])
+    assert torch.equal(other.completion_ids[3:6], together.completion_ids[3:6])
+    with pytest.raises(ValueError, match="one per prompt"):
+        sampler.sample(model, prompts(), params, seeds=[1])

@@ -31,13 +31,13 @@ def _disjoint(*groups):
 
 
 def test_registry_names_and_protocol():
-    assert set(TASKS) == {"arithmetic", "countdown", "file", "gym"}
+    assert set(TASKS) == {"arithmetic", "countdown", "file", "gym", "guess"}
     assert isinstance(build_task("arithmetic"), Task)
     assert build_task("gym:chain_sum").name == "gym:chain_sum"
 
 
 def test_unknown_task_and_option_are_named():
-    with pytest.raises(ValueError, match=r"unknown task 'arith'.*arithmetic, countdown, file, gym:<name>"):
+    with pytest.raises(ValueError, match=r"unknown task 'arith'.*arithmetic, countdown, file, guess, gym:<name>"):
         build_task("arith")
     with pytest.raises(ValueError, match=r"'digit'.*valid options: digits, min_digits, ops"):
         build_task("arithmetic", {"digit": 2})

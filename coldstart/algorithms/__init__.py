@@ -3,6 +3,9 @@
 - `ADVANTAGES` (advantages.py): scores (N,) → per-token advantages (N, T).
 - `FILTERS` (filters.py): scores (N,) → which of the B groups to keep.
 - `policy_loss`, `value_loss`, `AGGREGATIONS` (losses.py): per-token tensors (N, T) → scalar loss.
+- Prefix-RFT (prefix.py): demonstration-prefix hybrid rollouts, their advantage and clip range.
+- `PREFERENCE_LOSSES` (preference.py): per-pair sequence log-probs (B,) → DPO / SimPO loss.
+- UserRL turn credits (turn_credit.py): per-turn rewards (N, K) → trajectory scores and token weights.
 """
 
 from coldstart.algorithms.advantages import ADVANTAGES, gae, outcome_token_rewards
@@ -22,21 +25,47 @@ from coldstart.algorithms.losses import (
     token_logprobs,
     value_loss,
 )
+from coldstart.algorithms.preference import PREFERENCE_LOSSES, dpo_loss, simpo_loss
+from coldstart.algorithms.prefix import (
+    clip_range,
+    entropy_top_mask,
+    interleave_groups,
+    prefix_advantage,
+    prefix_fraction,
+    prefix_lengths,
+    prefix_rft_advantage,
+    splice_prefix,
+)
+from coldstart.algorithms.turn_credit import spread_advantage, trajectory_scores, turn_credits
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
     "FILTERS",
+    "PREFERENCE_LOSSES",
+    "clip_range",
+    "dpo_loss",
+    "entropy_top_mask",
     "expand_group_mask",
     "expand_groups",
     "gae",
     "group_std",
+    "interleave_groups",
     "kl_penalty",
     "outcome_token_rewards",
     "pad_select",
     "pass_rate_window",
     "policy_loss",
+    "prefix_advantage",
+    "prefix_fraction",
+    "prefix_lengths",
+    "prefix_rft_advantage",
+    "simpo_loss",
+    "splice_prefix",
+    "spread_advantage",
     "token_entropy",
     "token_logprobs",
+    "trajectory_scores",
+    "turn_credits",
     "value_loss",
 ]

@@ -101,8 +101,8 @@ def policy_loss(
     adv: torch.Tensor,
     mask: torch.Tensor,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    eps_low: float | torch.Tensor = 0.2,
+    eps_high: float | torch.Tensor = 0.2,
     dual_clip: float | None = None,
     agg: str = "token_mean",
     max_tokens: int | None = None,
@@ -113,9 +113,14 @@ def policy_loss(
     entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO-clip surrogate (+ KL, − entropy) on (N, T) logp, old_logp, adv, mask (and ref_logp, entropy)
-    → (scalar loss to minimise, metrics). Gradients flow through logp and entropy only."""
-    _check_same_shape(logp=logp, old_logp=old_logp, adv=adv, mask=mask, ref_logp=ref_logp, entropy=entropy)
-    if eps_low < 0 or eps_high < 0:
+    → (scalar loss to minimise, metrics). Gradients flow through logp and entropy only.
+
+    eps_low / eps_high may be (N, T) tensors: a clip range per token (Prefix-RFT's separate off-policy
+    range on demonstration-prefix tokens, coldstart.algorithms.prefix.clip_range)."""
+    eps_tensors = {k: v for k, v in (("eps_low", eps_low), ("eps_high", eps_high)) if isinstance(v, torch.Tensor)}
+    _check_same_shape(logp=logp, old_logp=old_logp, adv=adv, mask=mask, ref_logp=ref_logp, entropy=entropy,
+                      **eps_tensors)
+    if any(float(torch.as_tensor(e).min()) < 0 for e in (eps_low, eps_high)):
         raise ValueError(f"eps_low={eps_low} and eps_high={eps_high} must be >= 0")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (verl's clip_ratio_c, usually 3), got {dual_clip}")

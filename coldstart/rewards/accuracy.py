@@ -22,19 +22,28 @@ Decisions, each tested in tests/test_rewards.py:
 - ReFT partial reward (ALGORITHMS.md §23): `make_accuracy(partial=0.1)` gives 0.1 when an answer was
   extracted (non-blank) but is wrong, 1 when right, 0 when nothing could be extracted.
 
-Time bounds: every parse and comparison runs under math-verify's timeout (`timeout_s`, whole seconds),
-which uses `signal.alarm` and so works only in the main thread. Called from another thread, the
-timeout is switched off (logged once) and the only bound is `max_chars`: answers longer than that are
-not parsed (a prediction scores as wrong; a gold raises GoldAnswerError).
+Time bounds: the parse and the comparison of one answer run together under one deadline of `timeout_s`
+whole seconds (default 2; `signal.setitimer`, so only in the main thread, where the RL loop and the
+evaluation call rewards); past it the prediction scores as wrong (a gold answer raises GoldAnswerError).
+math-verify's own per-call timeouts are off, as one item could otherwise take twice the bound. Called
+from another thread, the deadline is switched off (logged once) and the bounds are `max_chars` (answers
+longer than that are not parsed: a prediction scores as wrong; a gold raises GoldAnswerError) and a
+screen, applied everywhere, that scores as wrong without parsing a prediction that asks sympy for a
+astronomically large number: a power tower with a numeric inner power (`2^{2^{2^{100}}}`, `10^{10^{10}}`),
+a factorial of a number of 4+ digits or of a bracketed expression, or a numeric exponent of 6+ digits
+(`1e100000000`). A prediction that equals the gold answer character for character still matches.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import signal
+import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -43,6 +52,11 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from coldstart.rewards.extract import extract_answer, last_boxed
 
 log = logging.getLogger("coldstart.rewards")
+
+# We run math-verify without its own timeouts, under _deadline: silence its one-time warning that says so.
+for _module in ("math_verify.parser", "math_verify.grader"):
+    if hasattr(sys.modules.get(_module), "TIMEOUT_WARNING_SHOWN"):
+        sys.modules[_module].TIMEOUT_WARNING_SHOWN = True
 
 # Counts of gold answers verify_answer could not use, by reason (the reward functions raise instead).
 GOLD_ERRORS: Counter[str] = Counter()
@@ -58,6 +72,15 @@ _SPLIT_DIGITS = re.compile(r"\d\s+\d")
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z '.,-]*")
 _WARNED_THREAD = False
+# Predictions whose evaluation could need an astronomically large number (see the module docstring).
+_HUGE = re.compile(r"\^\s*\{?[\s(]*[-+]?\d[\d.]*\s*\)?\s*(?:\^|\*\*)"  # 10^{10^{..}}, 2^(2^..)
+                   r"|\*\*\s*\(?\s*\d[\d.]*\s*\)?\s*\*\*"  # 2**2**100
+                   r"|(?:\d{4,}|[)}\]])\s*!"  # 1000!, (10^{100})!
+                   r"|(?:\^|\*\*|[eE])\s*\{?\s*[-+]?\d{6,}")  # 2^{1000000}, 1e100000000
+
+
+class _Deadline(BaseException):
+    """Raised by the SIGALRM handler; a BaseException so that math-verify's `except Exception` lets it out."""
 
 
 class GoldAnswerError(ValueError):
@@ -65,7 +88,7 @@ class GoldAnswerError(ValueError):
 
 
 def _timeout(seconds: int) -> int | None:
-    """math-verify's timeout (signal.alarm) works only in the main thread: off elsewhere."""
+    """The deadline in seconds: signals work only in the main thread, so None (off) elsewhere."""
     global _WARNED_THREAD
     if threading.current_thread() is threading.main_thread():
         return seconds
@@ -74,6 +97,28 @@ def _timeout(seconds: int) -> int | None:
                     "bounded by max_chars only")
         _WARNED_THREAD = True
     return None
+
+
+@contextmanager
+def _deadline(seconds: int | None) -> Iterator[None]:
+    """Raise _Deadline in the body after `seconds` (None: no limit). Main thread only (see _timeout)."""
+    if not seconds:
+        yield
+        return
+    armed = [True]
+
+    def on_alarm(signum, frame):
+        if armed[0]:
+            raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def clean_answer(text: str) -> str:
@@ -109,15 +154,17 @@ def _as_text(s: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _parse(s: str, timeout: int | None) -> tuple:
-    """math-verify's parse of `\\boxed{s}`, as a tuple (cacheable: gold answers repeat G times)."""
+def _parse(s: str) -> tuple:
+    """math-verify's parse of `\\boxed{s}`, as a tuple (cacheable: gold answers repeat G times).
+
+    Runs inside the caller's _deadline, hence no timeout of its own."""
     if _SPLIT_DIGITS.search(s):
         return ()
     return tuple(parse(f"\\boxed{{{s}}}", extraction_config=_CONFIG, fallback_mode="no_fallback",
-                       parsing_timeout=timeout))
+                       parsing_timeout=None))
 
 
-def parse_gold(gold: str, timeout_s: int = 5, max_chars: int = 1000) -> str | tuple:
+def parse_gold(gold: str, timeout_s: int = 2, max_chars: int = 1000) -> str | tuple:
     """The comparable form of a gold answer: a case-folded phrase (str) or math-verify's parse (tuple).
 
     Raises GoldAnswerError if the gold answer is empty, longer than max_chars or does not parse.
@@ -130,25 +177,37 @@ def parse_gold(gold: str, timeout_s: int = 5, max_chars: int = 1000) -> str | tu
     text = _as_text(g)
     if text is not None:
         return text
-    parsed = _parse(g, _timeout(timeout_s))
+    try:
+        with _deadline(_timeout(timeout_s)):
+            parsed = _parse(g)
+    except _Deadline:
+        raise GoldAnswerError(f"gold answer took over timeout_s={timeout_s} s to parse: {gold[:80]!r}") from None
     if not parsed:
         raise GoldAnswerError(f"gold answer does not parse: {gold!r}")
     return parsed
 
 
-def _matches(pred: str, gold: str | tuple, timeout_s: int, max_chars: int) -> bool:
-    """True if the extracted answer `pred` equals the parsed gold answer."""
+def _matches(pred: str, gold: str | tuple, timeout_s: int, max_chars: int, gold_text: str = "") -> bool:
+    """True if the extracted answer `pred` equals the parsed gold answer (`gold_text`: its cleaned text)."""
     p = clean_answer(pred)
     if isinstance(gold, str):
         return _as_text(p) == gold
     if not p or len(p) > max_chars:
         return False
-    timeout = _timeout(timeout_s)
-    parsed = _parse(p, timeout)
-    return bool(parsed) and verify(list(gold), list(parsed), timeout_seconds=timeout)
+    if p == gold_text:
+        return True
+    if _HUGE.search(p):
+        return False
+    try:
+        with _deadline(_timeout(timeout_s)):
+            parsed = _parse(p)
+            return bool(parsed) and verify(list(gold), list(parsed), timeout_seconds=None)
+    except _Deadline:
+        log.debug("accuracy: %r took over timeout_s=%d s to compare; scored as wrong", p[:80], timeout_s)
+        return False
 
 
-def answers_match(pred: str, gold: str, timeout_s: int = 5, max_chars: int = 1000) -> bool:
+def answers_match(pred: str, gold: str, timeout_s: int = 2, max_chars: int = 1000) -> bool:
     """True if the extracted answer `pred` equals `gold`; raises GoldAnswerError for an unusable gold.
 
     >>> answers_match("\\\\frac{1}{2}", "0.5"), answers_match("\\\\{2,1\\\\}", "\\\\{1,2\\\\}")
@@ -156,10 +215,10 @@ def answers_match(pred: str, gold: str, timeout_s: int = 5, max_chars: int = 100
     >>> answers_match("-3", "3")
     False
     """
-    return _matches(pred, parse_gold(gold, timeout_s, max_chars), timeout_s, max_chars)
+    return _matches(pred, parse_gold(gold, timeout_s, max_chars), timeout_s, max_chars, clean_answer(gold))
 
 
-def verify_answer(completion: str, gold: str, timeout_s: int = 5) -> float:
+def verify_answer(completion: str, gold: str, timeout_s: int = 2) -> float:
     """1.0 if the completion's final answer equals `gold` (math-verify), else 0.0. Never raises.
 
     An unusable gold answer is logged, counted in GOLD_ERRORS and scores 0.
@@ -178,11 +237,11 @@ def verify_answer(completion: str, gold: str, timeout_s: int = 5) -> float:
         log.warning("%s", e)
         return 0.0
     pred = extract_answer(completion)
-    return float(pred is not None and _matches(pred, gold_key, timeout_s, 1000))
+    return float(pred is not None and _matches(pred, gold_key, timeout_s, 1000, clean_answer(gold)))
 
 
 def make_accuracy(
-    partial: float = 0.0, timeout_s: int = 5, max_chars: int = 1000, task: Any = None
+    partial: float = 0.0, timeout_s: int = 2, max_chars: int = 1000, task: Any = None
 ) -> Callable[..., list[float]]:
     """Build the accuracy reward: 1 right, `partial` extracted but wrong (ReFT §23), 0 no answer.
 
@@ -205,7 +264,7 @@ def make_accuracy(
             if pred is None or not pred.strip():
                 scores.append(0.0)
             else:
-                scores.append(1.0 if _matches(pred, gold_key, timeout_s, max_chars) else partial)
+                scores.append(1.0 if _matches(pred, gold_key, timeout_s, max_chars, clean_answer(gold)) else partial)
         return scores
 
     return accuracy

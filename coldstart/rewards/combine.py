@@ -23,6 +23,11 @@ from typing import Any
 
 from coldstart.rewards.accuracy import make_accuracy
 from coldstart.rewards.basic import RewardFn, import_reward, make_exact, make_format, make_overlong, make_task
+from coldstart.rewards.code import make_code
+from coldstart.rewards.kat import make_kat
+from coldstart.rewards.mt import make_mt
+from coldstart.rewards.reft import make_reft
+from coldstart.rewards.rlt import make_rlt
 
 log = logging.getLogger("coldstart.rewards")
 
@@ -32,6 +37,11 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "format": make_format,
     "task": make_task,
     "overlong": make_overlong,
+    "code": make_code,
+    "reft": make_reft,  # accuracy with partial=0.1 (ReFT §23)
+    "mt": make_mt,  # MT-R1-Zero format gate + BLEU/chrF (§19)
+    "kat": make_kat,  # KAT think-mode choice (§8, simplified)
+    "rlt": make_rlt,  # RLT student log-likelihood (§12)
 }
 
 

@@ -28,14 +28,31 @@ def last_boxed(text: str) -> str | None:
     return text[i : j - 1].strip() if depth == 0 else None
 
 
+def last_answer_block(text: str) -> str | None:
+    """The content of the last of the non-overlapping `<answer>…</answer>` pairs read left to right (what
+    `_ANSWER.findall(text)[-1]` gives), or None; in linear time, where the regex is quadratic on a text of
+    many unclosed `<answer>` tags.
+
+    >>> last_answer_block("<answer>1</answer> <answer>a<answer>2</answer> <answer>3")
+    'a<answer>2'
+    """
+    pos, last = 0, None
+    while (start := text.find("<answer>", pos)) >= 0:
+        end = text.find("</answer>", start + 8)
+        if end < 0:
+            break
+        last, pos = text[start + 8 : end], end + 9
+    return last
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer of a completion: last `<answer>` block, else last `\\boxed{}`, else None.
 
     A `<answer>` that is opened but never closed (a truncated completion) does not count.
     """
-    found = _ANSWER.findall(text)
-    if found:
-        inner = found[-1].strip()
+    found = last_answer_block(text)
+    if found is not None:
+        inner = found.strip()
         boxed = last_boxed(inner)
         return boxed if boxed is not None else inner
     return last_boxed(text)

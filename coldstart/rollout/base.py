@@ -47,7 +47,7 @@ class Sampler(Protocol):
     tokenizer: object
 
     def sample(self, model, prompts: list[list[int]], params: SamplingParams,
-               generator: torch.Generator | None = None) -> Rollouts: ...
+               generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollouts: ...
 
 
 def validate(prompts: Sequence[Sequence[int]], params: SamplingParams, vocab_size: int) -> None:
@@ -127,11 +127,12 @@ def decode_texts(tokenizer, completion_ids: torch.Tensor, lengths: torch.Tensor,
     return [cut_at_stop(t, stops)[0] for t in texts]
 
 
-def generator_for(params: SamplingParams, generator: torch.Generator | None, device) -> torch.Generator | None:
-    """The generator to draw from: the one passed, else one seeded with params.seed, else None (global RNG)."""
+def generator_for(params: SamplingParams, generator: torch.Generator | None, device=None) -> torch.Generator | None:
+    """The CPU generator to draw from: the one passed, else one seeded with params.seed, else None (global
+    RNG). Samplers draw their noise on the CPU and move it, so results do not depend on the device."""
     if generator is not None or params.seed is None:
         return generator
-    return torch.Generator(device=device).manual_seed(params.seed)
+    return torch.Generator().manual_seed(params.seed)
 
 
 def model_vocab_size(model) -> int:

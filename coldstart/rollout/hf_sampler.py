@@ -37,8 +37,12 @@ class HFSampler:
         self.pad_id = pad_id_of(tokenizer)
 
     def sample(self, model, prompts: list[list[int]], params: SamplingParams,
-               generator: torch.Generator | None = None) -> Rollouts:
-        """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows."""
+               generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollouts:
+        """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows.
+        `seeds` (one per prompt) seed the whole call here: unlike TorchSampler, generate draws every row
+        from one stream, so a prompt's samples depend on the batch it is in."""
+        if seeds is not None and generator is None:
+            generator = torch.Generator().manual_seed(hash(tuple(int(s) for s in seeds)) % (1 << 62))
         validate(prompts, params, model_vocab_size(model))
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, device)
@@ -49,7 +53,7 @@ class HFSampler:
         try:
             with torch.inference_mode(), torch.random.fork_rng(devices=_cuda_devices(device)):
                 if generator is not None:
-                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=device)))
+                    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
                 # rows repeated up front (not num_return_sequences), which greedy generation refuses
                 out = model.generate(input_ids=prompt_ids.repeat_interleave(params.n, 0),
                                      attention_mask=prompt_mask.long().repeat_interleave(params.n, 0),

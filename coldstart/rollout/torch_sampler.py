@@ -72,10 +72,11 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                  u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row from (A, V) logits; returns tokens (A,) long and their logprobs (A,) float
-    under the filtered, renormalised distribution (greedy: argmax, plain log-softmax)."""
+    under the filtered, renormalised distribution (greedy: argmax, plain log-softmax). `u` (A,) holds the
+    rows' uniform draws in [0, 1); without it they come from `generator`."""
     logits = logits.float()
     if params.temperature == 0:
         tokens = logits.argmax(-1)
@@ -84,7 +85,9 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
     cdf = probs.cumsum(-1)
     # u < total mass, so the search never runs off the end; a zero-probability token has cdf equal to
     # its predecessor's and can never be the first entry above u.
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device) * cdf[:, -1:]
+    if u is None:
+        u = torch.rand(cdf.shape[0], generator=generator, device=cdf.device)
+    u = u[:, None] * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
     # log of the sampled token's probability: never tiny enough to lose float32 precision in practice
     return tokens, probs.gather(1, tokens[:, None])[:, 0].log()
@@ -121,19 +124,24 @@ class TorchSampler:
         self._stop_tables: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
 
     def sample(self, model, prompts: list[list[int]], params: SamplingParams,
-               generator: torch.Generator | None = None) -> Rollouts:
-        """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows."""
+               generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollouts:
+        """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows.
+
+        The randomness is a (N, max_new_tokens) table of uniforms drawn up front: from `seeds` (one per
+        prompt, so a prompt's samples do not depend on which other prompts share the batch, the batch size
+        or the process that samples it), else from `generator` / params.seed / the global RNG."""
         vocab = model_vocab_size(model)
         validate(prompts, params, vocab)
         device = next(model.parameters()).device
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, device)
         check_length(model, prompt_mask, params.max_new_tokens)
-        generator = generator_for(params, generator, device)
+        noise = uniform_table(len(prompts), params.n, params.max_new_tokens, seeds,
+                              generator_for(params, generator, device), device)
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
-                ids, logprobs, lengths, ended = self._generate(model, prompt_ids, prompt_mask, params, generator)
+                ids, logprobs, lengths, ended = self._generate(model, prompt_ids, prompt_mask, params, noise)
         finally:
             model.train(was_training)
         # clones leave inference mode: the trainer may save these for backward or edit them in place
@@ -144,9 +152,10 @@ class TorchSampler:
             completion_ids=ids, completion_mask=torch.arange(ids.shape[1], device=device) < lengths[:, None],
             logprobs=logprobs, truncated=~ended, texts=decode_texts(self.tokenizer, ids, lengths, params.stop))
 
-    def _generate(self, model, prompt_ids, prompt_mask, params, generator):
-        """Prefill, decode, assemble. Returns completion ids (N, T), logprobs (N, T), lengths (N,) and
-        ended (N,) bool (eos or stop produced), with pad / 0 past each row's length."""
+    def _generate(self, model, prompt_ids, prompt_mask, params, noise):
+        """Prefill, decode, assemble; noise (N, T) holds each row's uniform draws. Returns completion ids
+        (N, T), logprobs (N, T), lengths (N,) and ended (N,) bool (eos or stop produced), with pad / 0 past
+        each row's length."""
         n, T = params.n, params.max_new_tokens
         B, P = prompt_ids.shape
         N, device = B * n, prompt_ids.device
@@ -168,7 +177,7 @@ class TorchSampler:
         may_stop = self._stop_table(params.stop, is_eos.shape[0], device) if params.stop else None
         logits, steps = logits[repeat], T
         for t in range(T):
-            tokens, lp = sample_tokens(logits, params, generator)
+            tokens, lp = sample_tokens(logits, params, None, noise[live.rows, t])
             live.ids[:, t], live.logprobs[:, t] = tokens, lp
             finished = self._finished(live, tokens, t, is_eos, may_stop, params.stop)
             if finished.any():
@@ -231,6 +240,18 @@ class TorchSampler:
             table[:size] = torch.tensor([any(c in p for c in lasts) or "\ufffd" in p for p in pieces])
             self._stop_tables[key] = table
         return self._stop_tables[key].to(device)
+
+
+def uniform_table(B: int, n: int, T: int, seeds: list[int] | None, generator: torch.Generator | None,
+                  device) -> torch.Tensor:
+    """(B·n, T) uniforms in [0, 1), rows prompt-major: with `seeds` (B,) prompt i's n rows come from a
+    generator seeded with seeds[i]; else the whole table comes from `generator` (None: the global RNG)."""
+    if seeds is None:
+        return torch.rand((B * n, T), generator=generator).to(device)
+    if len(seeds) != B:
+        raise ValueError(f"seeds: need one per prompt ({B}), got {len(seeds)}")
+    gens = [torch.Generator().manual_seed(int(s) % (1 << 63)) for s in seeds]
+    return torch.cat([torch.rand((n, T), generator=g) for g in gens]).to(device)
 
 
 def _flush(live: _Live, out: tuple[torch.Tensor, torch.Tensor]) -> None:

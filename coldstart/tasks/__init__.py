@@ -4,6 +4,7 @@
     build_task("countdown", {"numbers": 3, "backtracks": 1}) procedural, with DFS traces (countdown.py)
     build_task("file", {"path": "data.jsonl"})             JSONL / JSON / Parquet / CSV / `datasets` (files.py)
     build_task("gym:chain_sum", {"min_terms": 2})          any reasoning-gym dataset (gym.py)
+    build_task("guess", {"low": 1, "high": 32})            number-guessing states for the guess env (guess.py)
 
 Every builder has one signature, `build(options: dict | None, seed: int) -> Task`; `gym:<name>` is the
 `gym` builder with option dataset=<name>. An unknown task name or option raises ValueError naming it
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from coldstart.tasks import arithmetic, countdown, files, gym
+from coldstart.tasks import arithmetic, countdown, files, guess, gym
 from coldstart.types import Example, Task
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "countdown": countdown.build,
     "file": files.build,
     "gym": gym.build,
+    "guess": guess.build,
 }
 
 __all__ = ["TASKS", "Example", "Task", "build_task"]
@@ -37,6 +39,6 @@ def build_task(name: str, options: dict | None = None, seed: int = 0) -> Task:
                              f"option or '{name}' without one")
         name, options["dataset"] = "gym", name[len("gym:"):]
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: arithmetic, countdown, file, gym:<name> "
+        raise ValueError(f"unknown task {name!r}; valid tasks: arithmetic, countdown, file, guess, gym:<name> "
                          f"(reasoning-gym datasets: {', '.join(gym.dataset_names())})")
     return TASKS[name](options, seed)

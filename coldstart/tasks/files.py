@@ -72,10 +72,7 @@ def iter_records(path: str, dataset_split: str = "train", dataset_config: str | 
     elif fmt == "json":
         yield from _json(path, p)
     elif fmt in ("csv", "tsv"):
-        with p.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
-            for row in reader:
-                yield f"{path}, line {reader.line_num}", row
+        yield from _csv(path, p, "," if fmt == "csv" else "\t")
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -88,25 +85,44 @@ def iter_records(path: str, dataset_split: str = "train", dataset_config: str | 
         yield from ((f"{path}, row {i}", r) for i, r in enumerate(_hf_rows(path, p, dataset_split, dataset_config)))
 
 
+def _loads(text: str, where: str) -> Any:
+    """json.loads, with every failure (syntax, nesting too deep, an integer too long) as a ValueError at `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # int() beyond 4300 digits; [[[[...]]]] deeper than the stack
+        raise ValueError(f"{where}: unreadable JSON: {type(e).__name__}: {str(e)[:200]}") from None
+
+
 def _jsonl(path: str, p: Path) -> Iterator[tuple[str, dict]]:
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with p.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {n}: malformed JSON: {e.msg} (column {e.colno})") from e
+            record = _loads(line, f"{path}, line {n}")
             if not isinstance(record, dict):
                 raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(record).__name__}")
             yield f"{path}, line {n}", record
 
 
 def _json(path: str, p: Path) -> Iterator[tuple[str, dict]]:
+    raw = p.read_bytes()
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from e
+        raise ValueError(f"{path}, line {e.lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: unreadable JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -115,6 +131,23 @@ def _json(path: str, p: Path) -> Iterator[tuple[str, dict]]:
         if not isinstance(record, dict):
             raise ValueError(f"{path}, record {i}: expected a JSON object, got {type(record).__name__}")
         yield f"{path}, record {i}", record
+
+
+def _csv(path: str, p: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
+    """Rows of a CSV/TSV with a header line; bad bytes and csv errors (e.g. a field over csv's 128 KiB
+    field_size_limit) are ValueErrors naming the line."""
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {reader.line_num + 1}: not UTF-8 ({e.reason})") from None
+            except csv.Error as e:
+                raise ValueError(f"{path}, line {reader.line_num + 1}: {e}") from None
+            yield f"{path}, line {reader.line_num}", row
 
 
 def _hf_rows(path: str, p: Path, dataset_split: str, dataset_config: str | None):

@@ -1,0 +1,7 @@
+"""`python -m coldstart` (what `accelerate launch -m coldstart` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""The preference-optimisation stage: DPO or SimPO on (prompt, chosen, rejected) pairs (ALGORITHMS.md §10, §22).
+
+    pairs      `dpo.pairs`: rollouts (k samples per training prompt from the stage's start model, the first
+               verified-correct one chosen, the first wrong one rejected; prompts with no such mix are skipped),
+               task (the task's gold trace chosen, the first wrong sample rejected), or a JSONL file of
+               {prompt, chosen, rejected} (prompt = the bare question, rendered with the recipe's prompt
+               strategy; chosen / rejected = completion texts). Built once, saved as DIR/dpo/pairs.jsonl.
+    reference  the stage's starting model, frozen (with LoRA: the same model with its adapter switched off).
+               Its sequence log-probs are computed once, before training (DPO only; SimPO has no reference).
+    loss       coldstart.algorithms.preference: `dpo` (β, sigmoid) | `simpo` (β, γ margin, length-normalised).
+    budget     `dpo.budget` N with `dpo.sft_fraction` f (Balancing the Budget, Raghavendra et al. 2025):
+               round(f·N) SFT traces (config.py sets sft.traces), N − round(f·N) pairs, built from the prompts
+               that follow the SFT traces in the training pool, so the two never share a prompt.
+
+Every completion ends with eos, as the SFT targets do; the log-prob of a completion is the sum over its tokens
+(eos included). Batches are `dpo.batch_size` pairs in a seeded order per epoch, so `--resume` replays exactly.
+
+    coldstart run recipes/dpo.yaml --out runs/dpo            (sft → dpo → eval)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .algorithms.preference import NEEDS_REFERENCE, PREFERENCE_LOSSES
+from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .config import Recipe
+from .evaluate import encode_prompts, evaluate_greedy
+from .models import eos_ids, is_lora, load_model
+from .pipeline import open_stage
+from .prompts import render_prompt, render_target
+from .rollout import SamplingParams, build_sampler
+from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress
+from .sft import batch_for_step
+from .types import Example
+
+
+@dataclass
+class Pair:
+    """One preference pair: the bare question, and the preferred and dispreferred completion texts."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Pairs from a JSONL file of {prompt, chosen, rejected} objects; ValueError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dpo.pairs: {path}: no such file (rollouts, task, or a JSONL file of pairs)")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{n}: expected an object with prompt, chosen, rejected")
+        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(item.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing or non-string field(s) {', '.join(missing)}")
+        pairs.append(Pair(item["prompt"], item["chosen"], item["rejected"]))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs")
+    return pairs
+
+
+def write_pairs(pairs: list[Pair], path: Path) -> None:
+    """Write pairs as JSONL (the format `read_pairs` reads)."""
+    path.write_text("".join(json.dumps(asdict(p)) + "\n" for p in pairs))
+
+
+def pairs_from_samples(examples: list[Example], texts: list[str], k: int, verify, gold: bool,
+                       strategy: str = "think") -> list[Pair]:
+    """Pairs from k sampled texts per example (prompt-major). gold=False: first correct vs first wrong sample;
+    gold=True: the example's rendered gold trace vs the first wrong sample. Examples without both are skipped."""
+    pairs = []
+    for i, ex in enumerate(examples):
+        group = texts[i * k : (i + 1) * k]
+        ok = [verify(ex, t) >= 1.0 for t in group]
+        wrong = next((t for t, c in zip(group, ok) if not c), None)
+        chosen = render_target(ex, strategy) if gold else next((t for t, c in zip(group, ok) if c), None)
+        if wrong is not None and chosen is not None:
+            pairs.append(Pair(ex.prompt, chosen, wrong))
+    return pairs
+
+
+def build_pairs(model, tokenizer, task, pool: list[Example], recipe: Recipe, limit: int | None) -> list[Pair]:
+    """Sample `dpo.samples` completions per prompt of `pool` from `model` and pair them (`dpo.pairs` is
+    rollouts or task), chunk by chunk, until `limit` pairs (None: every prompt of the pool)."""
+    cfg = recipe.dpo
+    sampler = build_sampler("torch", tokenizer)
+    params = SamplingParams(n=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            eos_ids=eos_ids(tokenizer, model))
+    gen = torch.Generator().manual_seed(recipe.run.seed + 17)
+    per_chunk = max(1, recipe.eval.batch_size // cfg.samples)
+    pairs: list[Pair] = []
+    for i in range(0, len(pool), per_chunk):
+        chunk = pool[i : i + per_chunk]
+        ro = sampler.sample(model, encode_prompts(tokenizer, chunk, recipe.prompt), params, gen)
+        pairs += pairs_from_samples(chunk, ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
+                                    recipe.prompt.strategy)
+        if limit is not None and len(pairs) >= limit:
+            break
+    return pairs[:limit]
+
+
+def encode_pairs(tokenizer, pairs: list[Pair], strategy: str, system: bool) -> list[tuple[list[int], ...]]:
+    """Token ids per pair: (prompt ids, chosen ids + eos, rejected ids + eos)."""
+    prompts = [render_prompt(tokenizer, p.prompt, strategy, system) for p in pairs]
+    enc = lambda texts: tokenizer(texts, add_special_tokens=False).input_ids  # noqa: E731
+    eos = [tokenizer.eos_token_id]
+    return [(p, c + eos, r + eos) for p, c, r in zip(enc(prompts), enc([p.chosen for p in pairs]),
+                                                    enc([p.rejected for p in pairs]))]
+
+
+def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs (R,) of each completion given its prompt, and completion lengths (R,) long.
+    Rows are prompt + completion, right-padded; only completion positions are counted."""
+    rows = [p + c for p, c in zip(prompts, completions)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        target[i, len(p) : len(p) + len(c)] = True
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    m = target[:, 1:].float()
+    return (logp * m).sum(1), m.sum(1).long()
+
+
+def pair_logps(model, batch: list[tuple[list[int], ...]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """One forward over chosen and rejected rows: chosen_logp, rejected_logp, chosen_len, rejected_len, each (B,)."""
+    B = len(batch)
+    prompts = [b[0] for b in batch] * 2
+    logp, lengths = completion_logps(model, prompts, [b[1] for b in batch] + [b[2] for b in batch], pad_id, device)
+    return logp[:B], logp[B:], lengths[:B], lengths[B:]
+
+
+def reference_logps(ref, encoded, pad_id: int, device, batch_size: int) -> torch.Tensor:
+    """(n_pairs, 2) float: the frozen reference's chosen and rejected log-probs, computed once."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(encoded), batch_size):
+            c, r, _, _ = pair_logps(ref, encoded[i : i + batch_size], pad_id, device)
+            out.append(torch.stack([c, r], 1))
+    return torch.cat(out).cpu()
+
+
+def _load_pairs(recipe: Recipe, stage: Path, task, model, tokenizer, resume_ckpt) -> list[Pair]:
+    """The stage's pairs: reread from DIR/dpo/pairs.jsonl on resume, else read or built, then saved there."""
+    cfg, saved = recipe.dpo, stage / "pairs.jsonl"
+    if resume_ckpt is not None and saved.is_file():
+        return read_pairs(saved)
+    if cfg.pairs in ("rollouts", "task"):
+        pool = task.examples("train", recipe.task.train_size, recipe.run.seed)
+        offset = recipe.sft.traces if cfg.budget is not None and "sft" in recipe.run.stages else 0
+        pool = pool[int(offset) :][: cfg.max_prompts]  # prompts the SFT traces did not use
+        pairs = build_pairs(model, tokenizer, task, pool, recipe, cfg.max_pairs)
+        if not pairs:
+            raise ValueError(f"dpo: {len(pool)} prompts × {cfg.samples} samples gave no pair: the start model "
+                             f"never had both a correct and a wrong completion (dpo.pairs={cfg.pairs}). This "
+                             "is the cold-start problem: start from an SFT model, or use dpo.pairs: task")
+    else:
+        pairs = read_pairs(cfg.pairs)[: cfg.max_pairs]
+    write_pairs(pairs, saved)
+    return pairs
+
+
+def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
+    """Run the preference stage into `out/dpo` from `dpo.init` (default: the last finished earlier stage)."""
+    cfg, run = recipe.dpo, recipe.run
+    st = open_stage(recipe, out, "dpo", cfg.init, resume)
+    stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
+    pad_id = tokenizer.pad_token_id
+    pairs = _load_pairs(recipe, stage, task, model, tokenizer, ckpt)
+    encoded = encode_pairs(tokenizer, pairs, recipe.prompt.strategy, recipe.prompt.system)
+    ref_logps = None
+    if NEEDS_REFERENCE[cfg.loss]:
+        if is_lora(model):
+            with model.disable_adapter():
+                ref_logps = reference_logps(model, encoded, pad_id, device, cfg.batch_size)
+        else:
+            ref = load_model(st.start, run.dtype, device).eval()
+            ref_logps = reference_logps(ref, encoded, pad_id, device, cfg.batch_size)
+            del ref
+    val = task.examples("val", recipe.task.val_size, run.seed)
+    per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    sched = build_scheduler(opt, cfg.schedule, total, cfg.warmup, cfg.min_lr_ratio)
+    state = {"step": 0, "best": None, "elapsed": 0.0, "pairs": len(pairs)}
+    if ckpt is not None:
+        state = load_trainer_state(ckpt, opt, sched)
+        console.print(f"dpo: resumed from {ckpt} at step {state['step']}")
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
+    console.print(f"dpo: {len(pairs)} pairs ({cfg.pairs}), loss={cfg.loss}, {total} steps of {cfg.batch_size}, "
+                  f"from {st.start}, device={device}")
+    loss_fn = PREFERENCE_LOSSES[cfg.loss]
+    save = lambda name=None: save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched,  # noqa: E731
+                                             name=name)
+    t_start = time.perf_counter() - state["elapsed"]
+    with progress(run.quiet) as bar:
+        bar_id = bar.add_task("dpo", total=total, completed=state["step"], info="")
+        while state["step"] < total:
+            idx = batch_for_step(len(encoded), state["step"], cfg.batch_size, run.seed)
+            chosen, rejected, c_len, r_len = pair_logps(model, [encoded[i] for i in idx], pad_id, device)
+            ref = ref_logps[idx].to(device) if ref_logps is not None else None
+            loss, metrics = loss_fn(chosen, rejected, c_len, r_len, beta=cfg.beta, gamma=cfg.gamma,
+                                    ref_chosen_logp=None if ref is None else ref[:, 0],
+                                    ref_rejected_logp=None if ref is None else ref[:, 1])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"dpo: loss is {float(loss)} at step {state['step']}; "
+                                         "the last checkpoint is kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            state["elapsed"] = time.perf_counter() - t_start
+            row = {"step": state["step"], "loss": float(loss.detach()), **metrics, "grad_norm": float(grad_norm),
+                   "lr": sched.get_last_lr()[0], "epoch": state["step"] / per_epoch,
+                   "time/elapsed_s": state["elapsed"]}
+            if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
+                row["val/accuracy"] = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
+                                                      recipe.eval.batch_size)["accuracy"]
+                if state["best"] is None or row["val/accuracy"] > state["best"]:
+                    state["best"] = row["val/accuracy"]
+                    save("best")
+            log.write(row)
+            bar.update(bar_id, completed=state["step"], info=f"loss {row['loss']:.3f}")
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
+                save()
+    last = save()
+    best = stage / "checkpoints" / "best"
+    final = best if best.is_dir() else last
+    summary = {"stage": "dpo", "steps": state["step"], "pairs": len(pairs), "best_val_accuracy": state["best"],
+               "seconds": state["elapsed"]}
+    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    console.print(f"dpo: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
+    return stage

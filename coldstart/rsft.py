@@ -1,0 +1,254 @@
+"""Rejection-sampling fine-tuning (RFT / expert iteration) and Hint-RFT, as the stage `rsft`.
+
+Each round r = 1 .. rsft.rounds, with the model left by round r-1 (round 1: the stage's start model):
+
+    sample    prompts_per_round prompts × k = samples_per_prompt completions, answer-only prompts as in RL
+              (evaluate.encode_prompts); with `rsft.hints` each completion is cut at its first reflection
+              point, a library hint is appended and the model continues from there (coldstart.hints)
+    verify    the rsft.rewards (default: the task's verifier) score each completion; keep score ≥ min_reward
+    select    per prompt, the first keep_per_prompt distinct kept completions (whitespace-normalised text)
+    train     SFT on prompt + the model's own completion + eos, loss on the completion only
+              (coldstart.sft's collate / masked_lm_loss), `epochs` passes of batch_size sequences
+    evaluate  greedy accuracy on the val split; one metrics row per round; a checkpoint per round
+
+Papers: WebSailor's RFT cold start (ALGORITHMS.md §1: keep only successful trajectories, SFT on them),
+START's Hint-RFT (§9: hinted trajectories, correctness-filtered, become SFT data; then rejection sampling
+with the tuned model), ReFT's SFT warm-up + sampling (§23), OpenRFT's synthesis of missing CoT (§14).
+Our readings, where the sources leave it open:
+- the samples come from the current policy, not a stronger expert (WebSailor) or a teacher (OpenRFT);
+- "diverse" (START) is read as distinct text per prompt, capped at keep_per_prompt; no length filter or
+  editing of the kept trajectories;
+- with hints on, only the hinted continuations are SFT data (completions without a `</think>` get none);
+- one AdamW optimizer, constant lr, carries over all rounds (saved in each round's checkpoint).
+
+`--resume` restarts at the last finished round (its checkpoint holds the round, the prompt cursor and the
+optimizer); a round's sampling noise is seeded by (run.seed, round), so a resumed run samples the same.
+
+    coldstart run recipes/demo.yaml run.stages=[sft,rsft,rl,eval] rsft.rounds=2
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .config import Recipe
+from .evaluate import encode_prompts, evaluate_greedy, sample_texts
+from .hints import DEFAULT_HINTS, hinted_prefixes
+from .models import eos_ids
+from .pipeline import open_stage
+from .rewards import build_reward
+from .rl import prompt_batch
+from .rollout import SamplingParams
+from .runtime import MetricsLog, build_optimizer, console, progress
+from .sft import Encoded, batch_for_step, collate, masked_lm_loss, packing_supported
+from .types import Example
+
+
+@dataclass
+class Selection:
+    """The completions kept from one round's N = B×k samples.
+
+    kept:       (prompt index, completion text) pairs, prompt-major, at most keep_per_prompt per prompt
+    correct:    samples with score ≥ min_reward
+    duplicates: correct samples dropped because the same (whitespace-normalised) text was already kept
+    solved:     prompts with at least one correct sample
+    """
+
+    kept: list[tuple[int, str]]
+    correct: int
+    duplicates: int
+    solved: int
+
+
+def select_completions(texts: list[str | None], scores: list[float], k: int, keep_per_prompt: int,
+                       min_reward: float) -> Selection:
+    """Keep, per prompt (rows i*k .. i*k+k-1), the first `keep_per_prompt` distinct completions scoring
+    ≥ min_reward. texts (N,) may hold None (no completion to keep: scored as failed); scores (N,).
+
+    >>> s = select_completions(["a", "a ", "b", "c", None, "d"], [1, 1, 0, 1, 1, 0.5], k=3, keep_per_prompt=1,
+    ...                        min_reward=1)
+    >>> s.kept, s.correct, s.duplicates, s.solved
+    ([(0, 'a'), (1, 'c')], 3, 1, 2)
+    """
+    if len(texts) != len(scores) or len(texts) % k:
+        raise ValueError(f"select_completions: {len(texts)} texts, {len(scores)} scores, k={k}")
+    kept, correct, duplicates, solved = [], 0, 0, 0
+    for i in range(len(texts) // k):
+        seen: set[str] = set()
+        hits = [t for t, s in zip(texts[i * k : (i + 1) * k], scores[i * k : (i + 1) * k])
+                if t is not None and s >= min_reward]
+        correct += len(hits)
+        solved += bool(hits)
+        for t in hits:
+            key = " ".join(t.split())
+            if key in seen:
+                duplicates += 1
+            elif len(seen) < keep_per_prompt:
+                seen.add(key)
+                kept.append((i, t))
+    return Selection(kept, correct, duplicates, solved)
+
+
+def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, generator: torch.Generator
+                 ) -> tuple[list[list[int]], list[str | None], int]:
+    """Prompt ids (B lists), completions (B×k, prompt-major; with hints, None where Hint-infer found no hint
+    point or the prefix left no room to continue) and the number of completions that got a hint."""
+    cfg = recipe.rsft
+    prompts = encode_prompts(tokenizer, examples, recipe.prompt)
+    eos = eos_ids(tokenizer, model)
+    params = SamplingParams(n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, eos_ids=eos)
+    texts, _ = sample_texts(model, tokenizer, prompts, params, recipe.eval.batch_size, generator=generator)
+    if not cfg.hints:
+        return prompts, list(texts), 0
+    prefixes = hinted_prefixes(texts, cfg.hint_library or DEFAULT_HINTS, generator)
+    out: list[str | None] = [None] * len(texts)
+    # The hinted completion (prefix + continuation) stays within max_new_tokens: the continuation budget is
+    # what the prefix leaves, rounded down to a multiple of 16 so that rows share a few sampling calls.
+    by_budget: dict[int, list[tuple[int, list[int]]]] = {}
+    for i, p in enumerate(prefixes):
+        if p is not None:
+            ids = tokenizer(p, add_special_tokens=False).input_ids
+            budget = (cfg.max_new_tokens - len(ids)) // 16 * 16
+            if budget > 0:
+                by_budget.setdefault(budget, []).append((i, prompts[i // cfg.samples_per_prompt] + ids))
+    for budget, rows in sorted(by_budget.items()):
+        cont, _ = sample_texts(model, tokenizer, [ids for _, ids in rows], SamplingParams(
+            n=1, max_new_tokens=budget, temperature=cfg.temperature, eos_ids=eos), recipe.eval.batch_size,
+            generator=generator)
+        for (i, _), c in zip(rows, cont):
+            out[i] = prefixes[i] + c
+    return prompts, out, sum(t is not None for t in out)
+
+
+def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: int, tokenizer) -> list[float]:
+    """(N,) total reward of each completion (rows i*k.. belong to examples[i]); -inf where the text is None."""
+    rows = [ex for ex in examples for _ in range(k)]
+    filled = [t or "" for t in texts]
+    columns: dict[str, list] = {"answer": [e.answer for e in rows], "solution": [e.solution for e in rows],
+                                "example": rows,
+                                "completion_length": [len(ids) for ids in tokenizer(
+                                    filled, add_special_tokens=False).input_ids]}
+    for key in {name for e in rows for name in e.meta} - columns.keys():
+        columns[key] = [e.meta.get(key) for e in rows]
+    total = reward_fn([e.prompt for e in rows], filled, **columns).total
+    return [s if t is not None else -math.inf for s, t in zip(total, texts)]
+
+
+def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int, grad_clip: float, pack: bool,
+                pad_id: int, seed: int, device) -> tuple[float | None, int]:
+    """SFT passes over one round's kept sequences; returns the mean loss over steps (None if no data) and
+    the number of optimizer steps."""
+    if not seqs:
+        return None, 0
+    steps = max(1, math.ceil(epochs * math.ceil(len(seqs) / batch_size)))
+    losses = []
+    model.train()
+    for step in range(steps):
+        batch = [seqs[i] for i in batch_for_step(len(seqs), step, batch_size, seed)]
+        inputs = {k: v.to(device) for k, v in collate(batch, pack, pad_id).items()}
+        loss, _ = masked_lm_loss(model, inputs)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"rsft: loss is {float(loss)} at step {step} of the round")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return sum(losses) / len(losses), steps
+
+
+def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
+    """Run the rsft stage into `out/rsft` (start: rsft.init, `auto` = the last finished stage before it in
+    run.stages, else the base model); return that folder."""
+    cfg, run = recipe.rsft, recipe.run
+    st = open_stage(recipe, out, "rsft", cfg.init, resume)
+    stage, device, task, tokenizer, model = st.dir, st.device, st.task, st.tokenizer, st.model
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=task)
+    pool = task.examples("train", recipe.task.train_size, run.seed)
+    val = task.examples("val", recipe.task.val_size, run.seed)
+    pack = cfg.pack and packing_supported(model, device)
+    opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    state: dict[str, Any] = {"round": 0, "cursor": 0, "best": None, "elapsed": 0.0, "kept_total": 0}
+    if st.ckpt is not None:
+        state = load_trainer_state(st.ckpt, opt)
+        console.print(f"rsft: resumed from {st.ckpt} after round {state['round']}")
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["round"] if st.ckpt else None)
+    console.print(f"rsft: from {st.start}, {cfg.rounds} rounds of {cfg.prompts_per_round}×{cfg.samples_per_prompt} "
+                  f"samples, hints={cfg.hints}, device={device}")
+    t_start = time.perf_counter() - state["elapsed"]
+    last = st.ckpt
+    with progress(run.quiet) as bar:
+        bar_id = bar.add_task("rsft", total=cfg.rounds, completed=state["round"], info="")
+        while state["round"] < cfg.rounds:
+            r = state["round"] + 1
+            row = {"step": r, **_round(model, tokenizer, opt, task, reward_fn, pool, val, recipe, state, pack,
+                                       device, r, stage)}
+            state["round"] = r
+            state["elapsed"] = time.perf_counter() - t_start
+            row["time/elapsed_s"] = state["elapsed"]
+            if state["best"] is None or row["val/accuracy"] > state["best"]:
+                state["best"] = row["val/accuracy"]
+                save_checkpoint(stage, r, model, tokenizer, state, name="best")
+            log.write(row)
+            last = save_checkpoint(stage, r, model, tokenizer, state, opt)
+            bar.update(bar_id, completed=r, info=f"kept {row['rsft/kept']} val {row['val/accuracy']:.3f}")
+    if last is None:  # rounds: 0 — export the start model unchanged
+        last = save_checkpoint(stage, 0, model, tokenizer, state, opt)
+    best = stage / "checkpoints" / "best"
+    final = best if cfg.keep_best and best.is_dir() else last
+    summary = {"stage": "rsft", "rounds": state["round"], "best_val_accuracy": state["best"],
+               "seconds": state["elapsed"], "kept_total": state["kept_total"]}
+    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    console.print(f"rsft: done in {state['elapsed']:.0f}s, {state['round']} rounds; model in {stage}")
+    return stage
+
+
+def _round(model, tokenizer, opt, task, reward_fn, pool, val, recipe: Recipe, state: dict, pack: bool, device,
+           r: int, stage: Path) -> dict[str, Any]:
+    """One expert-iteration round (sample → verify → select → train → evaluate); returns its metrics row.
+    The kept completions are written to `stage/data/round-{r:03d}.jsonl` (prompt, answer, completion)."""
+    cfg, seed = recipe.rsft, recipe.run.seed
+    k = cfg.samples_per_prompt
+    examples = prompt_batch(pool, state["cursor"], cfg.prompts_per_round, seed + 101)
+    state["cursor"] += cfg.prompts_per_round
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed * 1009 + r)
+    prompts, texts, hinted = sample_round(model, tokenizer, examples, recipe, gen)
+    scores = score_texts(reward_fn, examples, texts, k, tokenizer)
+    sel = select_completions(texts, scores, k, cfg.keep_per_prompt, cfg.min_reward)
+    t1 = time.perf_counter()
+    _write_data(stage / "data" / f"round-{r:03d}.jsonl", examples, sel)
+    eos = tokenizer.eos_token_id
+    seqs = [Encoded(prompts[i] + tokenizer(t, add_special_tokens=False).input_ids + [eos], len(prompts[i]))
+            for i, t in sel.kept]
+    loss, steps = train_round(model, opt, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
+                              tokenizer.pad_token_id, seed * 1009 + r, device)
+    if not seqs:
+        console.print(f"[yellow]rsft: round {r} kept no completion (none scored ≥ {cfg.min_reward}); no update")
+    t2 = time.perf_counter()
+    acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
+                          recipe.eval.batch_size)["accuracy"] if val else None
+    state["kept_total"] += len(seqs)
+    n = len(texts)
+    return {"rsft/kept": len(seqs), "rsft/pass_rate": sel.correct / n, "rsft/duplicates": sel.duplicates,
+            "rsft/solved_frac": sel.solved / len(examples), "rsft/hinted": hinted, "loss": loss, "steps": steps,
+            "val/accuracy": acc if acc is not None else 0.0, "time/sample_s": t1 - t0, "time/train_s": t2 - t1,
+            "time/eval_s": time.perf_counter() - t2}
+
+
+def _write_data(path: Path, examples: list[Example], sel: Selection) -> None:
+    """The round's SFT data as JSON lines, for inspection."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i, text in sel.kept:
+            ex = examples[i]
+            f.write(json.dumps({"prompt": ex.prompt, "answer": ex.answer, "completion": text}) + "\n")
