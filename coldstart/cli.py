@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--resume", action="store_true", help="continue from the last checkpoint of each stage")
     d = sub.add_parser("demo", help="cold start + RL vs either alone, offline on a tiny model",
                        description="Runs the demo arms (base, sft, rl, sft_rl, sft_more) and prints the table.")
-    d.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes on 2 cores)")
+    d.add_argument("--quick", action="store_true", help="a smaller run (about 4 minutes on 2 cores)")
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     i = sub.add_parser("inspect", help="sample from RL's starting model and check the recipe before training",
                        description="Pass rates, flat groups, lengths and format agreement; writes DIR/inspect.json.")

@@ -32,7 +32,7 @@ from .runtime import console, setup
 
 # --quick: the same model, task and SFT (a weaker cold start makes RL's first steps worse, not better),
 # fewer RL steps, smaller val/test splits.
-QUICK = ["sft.eval_every=130", "rl.steps=12", "rl.eval_every=4", "rl.save_every=12", "task.test_size=200",
+QUICK = ["sft.eval_every=130", "rl.steps=24", "rl.eval_every=6", "rl.save_every=24", "task.test_size=200",
          "task.val_size=100", "eval.samples=4"]
 
 

@@ -64,6 +64,14 @@ def test_two_processes_match_one_in_sft_and_rl_and_resume(tmp_path, tiny_overrid
         for ra, rb in zip(ma, mb):
             assert rb[key] == pytest.approx(ra[key], abs=1e-4), (stage, ra["step"])
             assert (stage == "sft") or "dist/param_checksum" in rb
+    # eval split over the ranks: the merged greedy metrics are the single-process ones
+    launch(["eval", RECIPE, "--out", str(one), *tiny_overrides, *STEPS, "eval.samples=0"], 1)
+    launch(["eval", RECIPE, "--out", str(two), *tiny_overrides, *STEPS, "eval.samples=0"], 2)
+    ea, eb = (json.loads((d / "eval.json").read_text()) for d in (one, two))
+    assert set(ea) == set(eb) == {"base", "sft", "rl"}
+    for stage in ea:
+        assert eb[stage]["n"] == ea[stage]["n"] == 16
+        assert eb[stage]["accuracy"] == pytest.approx(ea[stage]["accuracy"], abs=1e-9)
     rl_two = metrics(two / "rl")
     assert sum(r["rows/trained"] for r in rl_two) == sum(r["rows/trained"] for r in metrics(one / "rl"))
     assert json.loads((two / "rl" / "complete.json").read_text())["steps"] == 3
