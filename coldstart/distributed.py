@@ -133,6 +133,26 @@ class Dist:
         return total
 
 
+SUMMED = ("rows/", "reward/errors", "optimizer_steps", "groups/duplicated", "tokens")
+
+
+def merge_rows(rows: list[dict]) -> dict:
+    """One metrics row from every rank's: counts (`SUMMED` prefixes) add up, `*/max` takes the maximum,
+    other numbers are averaged over the ranks that have them; anything else comes from rank 0."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        values = [r.get(key) for r in rows]
+        if isinstance(value, bool) or not all(isinstance(v, int | float) for v in values):
+            continue
+        if key.startswith(SUMMED):
+            out[key] = sum(values)
+        elif key.endswith("/max"):
+            out[key] = max(values)
+        elif key not in ("step", "lr", "temperature") and not key.startswith(("time/", "eval/")):
+            out[key] = sum(values) / len(values)
+    return out
+
+
 @cache
 def current() -> Dist:
     """The process group, created once per process (the first call builds accelerate's state)."""

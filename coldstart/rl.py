@@ -41,7 +41,6 @@ from .algorithms import (
     kl_penalty,
     outcome_token_rewards,
     pad_select,
-    pass_rate_window,
     policy_loss,
     prefix_fraction,
     prefix_lengths,
@@ -54,13 +53,14 @@ from .algorithms import (
 from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
 from .config import Recipe, RLConfig
 from .curriculum import curriculum_pool, record_rewards
-from .distributed import current
-from .evaluate import encode_prompts, evaluate, sample_texts
+from .distributed import current, merge_rows
+from .evaluate import encode_prompts
 from .models import eos_ids, is_lora, load_model
-from .multiturn import Turns, build_multiturn, credit_advantages, evaluate_env
+from .multiturn import Turns, build_multiturn, credit_advantages
 from .pipeline import open_stage
 from .prompts import render_target
 from .rewards import build_reward
+from .rl_support import evaluate_val, prefilter_pool, warn_flat
 from .rollout import SamplingParams, build_sampler
 from .rollout.base import decode_texts, max_positions
 from .rollout_utils import cat_rollouts, select_rows
@@ -461,7 +461,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
                 "multiturn": build_multiturn(recipe, task, sampler, tokenizer)}  # rl.env's rollouts, or None
     if cfg.prefilter is not None:
         if "pool_ids" not in state:  # measured once with the starting policy, kept in the state for resume
-            state["pool_ids"] = _prefilter(policy, tokenizer, sampler, task, pool, recipe)
+            state["pool_ids"] = prefilter_pool(policy, tokenizer, sampler, task, pool, recipe)
         pool = [pool[i] for i in state["pool_ids"]]
         if not pool:
             raise ValueError("rl.prefilter: no training prompt has a pass rate in [min_pass, max_pass]; "
@@ -505,9 +505,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
                 row["dist/param_checksum"] = dist.check_in_sync(policy, state["step"])
             nonfinite.check(not row["optimizer_steps_skipped"], state["step"], last)
             row["nonfinite_steps"] = state["nonfinite_total"]
-            _warn_flat(row, state)
+            warn_flat(row, state)
             if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps):
-                row.update(_evaluate_val(policy, tokenizer, task, val, recipe))
+                row.update(evaluate_val(policy, tokenizer, task, val, recipe))
                 if state["best"] is None or row["eval/accuracy"] > state["best"]:
                     state["best"] = row["eval/accuracy"]
                     save("best")
@@ -532,43 +532,6 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"rl: {state['flat_steps']} of {state['step']} steps had reward std 0 in ≥90% of groups")
     console.print(f"rl: done in {state['elapsed']:.0f}s; model in {stage}")
     return stage
-
-
-SUMMED = ("rows/", "reward/errors", "optimizer_steps", "groups/duplicated", "tokens")
-
-
-def merge_rows(rows: list[dict]) -> dict:
-    """One metrics row from every rank's: counts (`SUMMED` prefixes) add up, `*/max` takes the maximum,
-    other numbers are averaged over the ranks that have them; anything else comes from rank 0."""
-    out = dict(rows[0])
-    for key, value in rows[0].items():
-        values = [r.get(key) for r in rows]
-        if isinstance(value, bool) or not all(isinstance(v, int | float) for v in values):
-            continue
-        if key.startswith(SUMMED):
-            out[key] = sum(values)
-        elif key.endswith("/max"):
-            out[key] = max(values)
-        elif key not in ("step", "lr", "temperature") and not key.startswith(("time/", "eval/")):
-            out[key] = sum(values) / len(values)
-    return out
-
-
-def _prefilter(policy, tokenizer, sampler, task, pool: list[Example], recipe: Recipe) -> list[int]:
-    """Pool indices whose pass rate over k samples lies in the `rl.prefilter` window."""
-    pf = recipe.rl.prefilter
-    probe = pool[: pf.max_prompts] if pf.max_prompts else pool
-    params = SamplingParams(n=pf.k, max_new_tokens=recipe.rl.max_new_tokens, temperature=pf.temperature,
-                            eos_ids=eos_ids(tokenizer, policy))
-    texts, _ = sample_texts(policy, tokenizer, encode_prompts(tokenizer, probe, recipe.prompt), params,
-                            recipe.eval.batch_size, generator=torch.Generator().manual_seed(recipe.run.seed + 7))
-    rates = [sum(task.verify(ex, t) >= 1.0 for t in texts[i * pf.k : (i + 1) * pf.k]) / pf.k
-             for i, ex in enumerate(probe)]
-    kept = pass_rate_window(rates, pf.min_pass, pf.max_pass)
-    console.print(f"rl: prefilter kept {len(kept)} of {len(probe)} prompts with pass rate in "
-                  f"[{pf.min_pass}, {pf.max_pass}] over {pf.k} samples (mean pass rate "
-                  f"{sum(rates) / max(1, len(rates)):.2f})")
-    return kept
 
 
 def _tune_temperature(policy, sampler, pool, state: dict, recipe: Recipe, sampling: dict) -> dict[str, float]:
@@ -600,27 +563,3 @@ def _tune_temperature(policy, sampler, pool, state: dict, recipe: Recipe, sampli
     cfg.temperature = state["temperature"]
     sampling["sampling"] = dataclasses.replace(sampling["sampling"], temperature=state["temperature"])
     return {f"temperature/entropy@{t:g}": h for t, h in measured.items()}
-
-
-def _evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, float]:
-    """The evaluation suite on the val split, as `eval/...` metrics: greedy accuracy, length, reflections,
-    and with `rl.eval_samples` = k > 0 also pass@k, maj@k and mean@k from k samples per prompt."""
-    cfg = recipe.eval.model_copy(update={"samples": recipe.rl.eval_samples,
-                                         "max_new_tokens": recipe.rl.max_new_tokens})
-    result = evaluate(policy, tokenizer, task, val, recipe.prompt, cfg, recipe.run.seed)
-    if recipe.rl.env is not None:  # whole greedy games: turns/mean, turns/solved
-        games = build_multiturn(recipe, task, build_sampler(recipe.rl.sampler, tokenizer), tokenizer)
-        result.update(evaluate_env(games, policy, val, recipe.rl.max_new_tokens, eos_ids(tokenizer, policy)))
-    return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
-
-
-def _warn_flat(row: dict, state: dict) -> None:
-    """Say plainly when (almost) every group has identical rewards: the policy gradient is zero there."""
-    if row["groups/zero_std_frac"] >= 0.9:
-        state["flat_steps"] += 1
-        if state["flat_steps"] == 1:
-            why = ("the policy almost never succeeds: start RL from an SFT cold start (or an easier task)"
-                   if row["reward/mean"] < 0.5 else "the prompts are too easy for this policy: use harder ones")
-            console.print(f"[yellow]rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
-                          f"reward std 0 (every sample scored the same), so they carry no learning signal; "
-                          f"{why}. (`rl.filter: dynamic` resamples such groups.)")
