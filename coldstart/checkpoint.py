@@ -54,6 +54,11 @@ def _fsync_tree(path: Path, skip: tuple[str, ...] = ()) -> None:
             os.close(fd)
 
 
+def checkpoint_path(stage_dir: str | Path, step: int, name: str | None = None) -> Path:
+    """Where `save_checkpoint` puts the save of `step` (or the one called `name`, e.g. "best")."""
+    return Path(stage_dir) / "checkpoints" / (name or f"step-{step:06d}")
+
+
 def save_checkpoint(
     stage_dir: str | Path,
     step: int,
@@ -69,9 +74,9 @@ def save_checkpoint(
 ) -> Path:
     """Atomically write `stage_dir/checkpoints/step-{step:06d}` (or `checkpoints/{name}`, e.g. "best") and
     prune all but the last `keep` step saves."""
-    ckpt_root = Path(stage_dir) / "checkpoints"
+    final = checkpoint_path(stage_dir, step, name)
+    ckpt_root = final.parent
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / (name or f"step-{step:06d}")
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckpt_root))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

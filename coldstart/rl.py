@@ -50,7 +50,7 @@ from .algorithms import (
     token_logprobs,
     value_loss,
 )
-from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe, RLConfig
 from .curriculum import curriculum_pool, record_rewards
 from .distributed import current, merge_rows
@@ -64,7 +64,7 @@ from .rl_support import evaluate_val, prefilter_pool, warn_flat
 from .rollout import SamplingParams, build_sampler
 from .rollout.base import decode_texts, max_positions
 from .rollout_utils import cat_rollouts, select_rows
-from .runtime import MetricsLog, NonFinite, Timer, assert_finite, build_optimizer, build_scheduler, console, progress
+from .runtime import MetricsLog, NonFinite, Timer, build_optimizer, build_scheduler, console, progress, save_on_main
 from .temperature import pick_temperature
 from .types import Example, Rollouts
 
@@ -472,15 +472,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
 
     t_start = time.perf_counter() - state["elapsed"]
-    def save(name: str | None = None) -> Path:
-        """Checkpoint on rank 0 (never a non-finite model), then wait for it on every rank."""
-        path = stage / "checkpoints" / (name or f"step-{state['step']:06d}")
-        if dist.is_main:
-            assert_finite(policy, f"rl step {state['step']}")
-            path = save_checkpoint(stage, state["step"], policy, tokenizer, state, opt, sched, {"sampler": gen},
-                                   extra, name=name)
-        dist.barrier()
-        return path
+    save = lambda name=None: save_on_main(stage, policy, tokenizer, state, "rl", opt, sched,  # noqa: E731
+                                          {"sampler": gen}, extra, name=name)
 
     last = ckpt
     with progress(run.quiet) as bar:

@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .checkpoint import is_complete
+from .checkpoint import checkpoint_path, is_complete, save_checkpoint
 
 console = Console(stderr=True)
 
@@ -80,6 +80,22 @@ def assert_finite(model: torch.nn.Module, where: str) -> None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"{where}: parameter {name} holds NaN or inf; not saving it")
+
+
+def save_on_main(stage: Path, model: torch.nn.Module, tokenizer, state: dict, where: str, optimizer=None,
+                 scheduler=None, generators: dict | None = None, extra: dict | None = None,
+                 name: str | None = None) -> Path:
+    """`save_checkpoint` on rank 0 only, never of a non-finite model (`where` names the stage in that error),
+    then wait for it on every rank. Returns the checkpoint's path on every rank."""
+    from .distributed import current
+
+    dist = current()
+    if dist.is_main:
+        assert_finite(model, f"{where} step {state['step']}")
+        save_checkpoint(stage, state["step"], model, tokenizer, state, optimizer, scheduler, generators, extra,
+                        name=name)
+    dist.barrier()
+    return checkpoint_path(stage, state["step"], name)
 
 
 class NonFinite:

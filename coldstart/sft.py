@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
 from .distributed import current
 from .evaluate import evaluate_greedy
 from .pipeline import open_stage, select_traces
 from .prompts import render_prompt, render_target
-from .runtime import MetricsLog, NonFinite, assert_finite, build_optimizer, build_scheduler, console, progress
+from .runtime import MetricsLog, NonFinite, build_optimizer, build_scheduler, console, progress, save_on_main
 
 
 @dataclass
@@ -174,9 +174,9 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
             if stop or out_of_time:
                 break
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                last_ckpt = _save(stage, model, tokenizer, state, opt, sched, dist)
+                last_ckpt = save_on_main(stage, model, tokenizer, state, "sft", opt, sched)
 
-    last_ckpt = _save(stage, model, tokenizer, state, opt, sched, dist)
+    last_ckpt = save_on_main(stage, model, tokenizer, state, "sft", opt, sched)
     best = stage / "checkpoints" / "best"
     final = best if best.is_dir() else last_ckpt
     summary = {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
@@ -215,16 +215,6 @@ def _train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, devic
     return (local / max(total, 1) if finite else None), total, grad_norm if finite else None
 
 
-def _save(stage: Path, model, tokenizer, state: dict, opt, sched, dist, name: str | None = None) -> Path:
-    """Checkpoint on rank 0 (never a non-finite model), then wait for it on every rank; returns its path."""
-    path = stage / "checkpoints" / (name or f"step-{state['step']:06d}")
-    if dist.is_main:
-        assert_finite(model, f"sft step {state['step']}")
-        path = save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched, name=name)
-    dist.barrier()
-    return path
-
-
 def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage) -> bool:
     """Validation loss and greedy accuracy into `row`; keep the best model; True when patience ran out."""
     cfg = recipe.sft
@@ -234,7 +224,7 @@ def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state
     row["val/accuracy"] = acc
     if state["best"] is None or acc > state["best"]:
         state["best"], state["bad_evals"] = acc, 0
-        _save(stage, model, tokenizer, state, None, None, current(), name="best")
+        save_on_main(stage, model, tokenizer, state, "sft", name="best")
         return False
     state["bad_evals"] += 1
     return bool(cfg.patience) and state["bad_evals"] >= cfg.patience
