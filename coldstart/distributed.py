@@ -13,6 +13,9 @@ What coldstart adds is the batch semantics, the same on 1 or N processes:
   group statistics (GRPO, RLOO, filters) need no communication. Each prompt's sampling noise is seeded by
   its position in the stream, so the rollouts do not depend on the process count. Loss normalisers (tokens
   or sequences of a minibatch) are summed over ranks.
+- rsft and dpo: each rank samples its contiguous share of the prompts (`Dist.split`, seeded per prompt), and
+  the kept completions / pairs are gathered in rank order (`Dist.gather_lists`), so every rank holds the
+  single-process data; their global batches are then split like SFT's (`strided_share`).
 - Every rank runs the same number of forward/backward passes per optimizer step (DDP and FSDP need that):
   a rank with fewer rows runs zero-weight passes.
 - Only rank 0 writes checkpoints, metrics and reports; every rank resumes from the same checkpoint.
@@ -111,6 +114,14 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def gather_lists(self, items: list) -> list:
+        """Every rank's list of picklable items, concatenated in rank order (the same list on every rank)."""
+        return [x for part in self.gather_objects(list(items)) for x in part]
+
+    def split(self, n: int) -> slice:
+        """This rank's contiguous share of n items, which need not divide evenly (`contiguous_share`)."""
+        return contiguous_share(n, self.rank, self.world)
+
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         if self.world > 1:
@@ -131,6 +142,31 @@ class Dist:
             if len(set(sums)) > 1:
                 raise RuntimeError(f"step {step}: the ranks' weights diverged (checksums {sums})")
         return total
+
+
+def contiguous_share(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous part of n items split as evenly as possible over `world` ranks (the first
+    n % world ranks get one more); the parts in rank order cover 0 .. n-1 once, so results gathered in rank
+    order come out in the single-process order.
+
+    >>> [contiguous_share(5, r, 2) for r in range(2)], contiguous_share(1, 1, 2)
+    ([slice(0, 3, None), slice(3, 5, None)], slice(1, 1, None))
+    """
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def strided_share(batch: list, rank: int, world: int) -> tuple[list, float]:
+    """This rank's items of a global batch, batch[rank::world], and their weight 1.0; a rank left without
+    any gets the first item with weight 0.0 (a zero-weight pass: under DDP every rank must run the same
+    forward / backward passes).
+
+    >>> strided_share([7, 8, 9], 1, 2), strided_share([7], 1, 2)
+    (([8], 1.0), ([7], 0.0))
+    """
+    mine = batch[rank::world]
+    return (mine, 1.0) if mine else (batch[:1], 0.0)
 
 
 SUMMED = ("rows/", "reward/errors", "optimizer_steps", "groups/duplicated", "tokens")

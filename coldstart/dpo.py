@@ -14,6 +14,13 @@
 
 Every completion ends with eos, as the SFT targets do; the log-prob of a completion is the sum over its tokens
 (eos included). Batches are `dpo.batch_size` pairs in a seeded order per epoch, so `--resume` replays exactly.
+Each prompt's samples are seeded by its position in the pool, so the pairs do not depend on the chunking.
+
+Several processes (`accelerate launch`, docs/scale-out.md): rollout pairs are sampled by every rank for its
+contiguous share of each chunk of prompts and gathered in rank order (the single-process pairs); each rank
+computes the reference log-probs of its share of the pairs, then all are gathered. `dpo.batch_size` is the
+global batch: rank r trains pairs r, r+N, … of it, its mean loss weighted by its share, so the gradient is
+the single-process one. Only rank 0 writes files.
 
     coldstart run recipes/dpo.yaml --out runs/dpo            (sft → dpo → eval)
 """
@@ -29,14 +36,16 @@ from pathlib import Path
 import torch
 
 from .algorithms.preference import NEEDS_REFERENCE, PREFERENCE_LOSSES
-from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
+from .distributed import current, strided_share
 from .evaluate import encode_prompts, evaluate_greedy
 from .models import eos_ids, is_lora, load_model
 from .pipeline import open_stage
 from .prompts import render_prompt, render_target
+from .rl import prompt_seed
 from .rollout import SamplingParams, build_sampler
-from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress
+from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress, save_on_main
 from .sft import batch_for_step
 from .types import Example
 
@@ -96,19 +105,24 @@ def pairs_from_samples(examples: list[Example], texts: list[str], k: int, verify
 
 def build_pairs(model, tokenizer, task, pool: list[Example], recipe: Recipe, limit: int | None) -> list[Pair]:
     """Sample `dpo.samples` completions per prompt of `pool` from `model` and pair them (`dpo.pairs` is
-    rollouts or task), chunk by chunk, until `limit` pairs (None: every prompt of the pool)."""
-    cfg = recipe.dpo
+    rollouts or task), chunk by chunk, until `limit` pairs (None: every prompt of the pool). Prompt i's
+    samples are seeded by i alone; each rank samples its share of a chunk and every rank gets all pairs."""
+    cfg, dist = recipe.dpo, current()
     sampler = build_sampler("torch", tokenizer)
     params = SamplingParams(n=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             eos_ids=eos_ids(tokenizer, model))
-    gen = torch.Generator().manual_seed(recipe.run.seed + 17)
-    per_chunk = max(1, recipe.eval.batch_size // cfg.samples)
+    per_chunk = max(1, recipe.eval.batch_size // cfg.samples) * dist.world  # prompts per sampling call × ranks
     pairs: list[Pair] = []
     for i in range(0, len(pool), per_chunk):
         chunk = pool[i : i + per_chunk]
-        ro = sampler.sample(model, encode_prompts(tokenizer, chunk, recipe.prompt), params, gen)
-        pairs += pairs_from_samples(chunk, ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
-                                    recipe.prompt.strategy)
+        part = dist.split(len(chunk))
+        mine: list[Pair] = []
+        if part.stop > part.start:
+            seeds = [prompt_seed(recipe.run.seed + 17, i + j) for j in range(part.start, part.stop)]
+            ro = sampler.sample(model, encode_prompts(tokenizer, chunk[part], recipe.prompt), params, seeds=seeds)
+            mine = pairs_from_samples(chunk[part], ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
+                                      recipe.prompt.strategy)
+        pairs += dist.gather_lists(mine)  # prompt order, as one process finds them: pairs[:limit] is the same
         if limit is not None and len(pairs) >= limit:
             break
     return pairs[:limit]
@@ -149,13 +163,16 @@ def pair_logps(model, batch: list[tuple[list[int], ...]], pad_id: int, device) -
 
 
 def reference_logps(ref, encoded, pad_id: int, device, batch_size: int) -> torch.Tensor:
-    """(n_pairs, 2) float: the frozen reference's chosen and rejected log-probs, computed once."""
-    out = []
+    """(n_pairs, 2) float: the frozen reference's chosen and rejected log-probs, computed once; each rank
+    computes its contiguous share of the pairs and every rank gets the whole table."""
+    dist = current()
+    mine = encoded[dist.split(len(encoded))]
+    out = [torch.zeros((0, 2))]
     with torch.no_grad():
-        for i in range(0, len(encoded), batch_size):
-            c, r, _, _ = pair_logps(ref, encoded[i : i + batch_size], pad_id, device)
-            out.append(torch.stack([c, r], 1))
-    return torch.cat(out).cpu()
+        for i in range(0, len(mine), batch_size):
+            c, r, _, _ = pair_logps(ref, mine[i : i + batch_size], pad_id, device)
+            out.append(torch.stack([c, r], 1).cpu())
+    return torch.cat(dist.gather_objects(torch.cat(out)))
 
 
 def _load_pairs(recipe: Recipe, stage: Path, task, model, tokenizer, resume_ckpt) -> list[Pair]:
@@ -174,13 +191,14 @@ def _load_pairs(recipe: Recipe, stage: Path, task, model, tokenizer, resume_ckpt
                              "is the cold-start problem: start from an SFT model, or use dpo.pairs: task")
     else:
         pairs = read_pairs(cfg.pairs)[: cfg.max_pairs]
-    write_pairs(pairs, saved)
+    if current().is_main:
+        write_pairs(pairs, saved)
     return pairs
 
 
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the preference stage into `out/dpo` from `dpo.init` (default: the last finished earlier stage)."""
-    cfg, run = recipe.dpo, recipe.run
+    cfg, run, dist = recipe.dpo, recipe.run, current()
     st = open_stage(recipe, out, "dpo", cfg.init, resume)
     stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
     pad_id = tokenizer.pad_token_id
@@ -204,42 +222,38 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     if ckpt is not None:
         state = load_trainer_state(ckpt, opt, sched)
         console.print(f"dpo: resumed from {ckpt} at step {state['step']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None)
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
+    trained, opt = dist.prepare(model, opt)  # DDP's wrapper on several ranks; `model` evaluates and is saved
     console.print(f"dpo: {len(pairs)} pairs ({cfg.pairs}), loss={cfg.loss}, {total} steps of {cfg.batch_size}, "
-                  f"from {st.start}, device={device}")
-    loss_fn = PREFERENCE_LOSSES[cfg.loss]
-    save = lambda name=None: save_checkpoint(stage, state["step"], model, tokenizer, state, opt, sched,  # noqa: E731
-                                             name=name)
+                  f"from {st.start}, device={device}" + (f", {dist.world} processes" if dist.world > 1 else ""))
+    save = lambda name=None: save_on_main(stage, model, tokenizer, state, "dpo", opt, sched, name=name)  # noqa: E731
     t_start = time.perf_counter() - state["elapsed"]
     with progress(run.quiet) as bar:
         bar_id = bar.add_task("dpo", total=total, completed=state["step"], info="")
         while state["step"] < total:
             idx = batch_for_step(len(encoded), state["step"], cfg.batch_size, run.seed)
-            chosen, rejected, c_len, r_len = pair_logps(model, [encoded[i] for i in idx], pad_id, device)
-            ref = ref_logps[idx].to(device) if ref_logps is not None else None
-            loss, metrics = loss_fn(chosen, rejected, c_len, r_len, beta=cfg.beta, gamma=cfg.gamma,
-                                    ref_chosen_logp=None if ref is None else ref[:, 0],
-                                    ref_rejected_logp=None if ref is None else ref[:, 1])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"dpo: loss is {float(loss)} at step {state['step']}; "
+            loss, metrics, grad_norm = preference_step(trained, encoded, ref_logps, idx, cfg, pad_id, device)
+            if loss is None:
+                raise FloatingPointError(f"dpo: non-finite loss or gradient at step {state['step'] + 1}; "
                                          "the last checkpoint is kept")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            opt.zero_grad(set_to_none=True)
             sched.step()
             state["step"] += 1
             state["elapsed"] = time.perf_counter() - t_start
-            row = {"step": state["step"], "loss": float(loss.detach()), **metrics, "grad_norm": float(grad_norm),
+            row = {"step": state["step"], "loss": loss, **metrics, "grad_norm": grad_norm,
                    "lr": sched.get_last_lr()[0], "epoch": state["step"] / per_epoch,
                    "time/elapsed_s": state["elapsed"]}
+            if dist.world > 1:
+                row["dist/param_checksum"] = dist.check_in_sync(model, state["step"])
             if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 row["val/accuracy"] = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
                                                       recipe.eval.batch_size)["accuracy"]
                 if state["best"] is None or row["val/accuracy"] > state["best"]:
                     state["best"] = row["val/accuracy"]
                     save("best")
-            log.write(row)
+            if log is not None:
+                log.write(row)
             bar.update(bar_id, completed=state["step"], info=f"loss {row['loss']:.3f}")
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
                 save()
@@ -248,6 +262,40 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     final = best if best.is_dir() else last
     summary = {"stage": "dpo", "steps": state["step"], "pairs": len(pairs), "best_val_accuracy": state["best"],
                "seconds": state["elapsed"]}
-    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    if dist.is_main:
+        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    dist.barrier()
     console.print(f"dpo: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
     return stage
+
+
+def preference_step(model, encoded, ref_logps: torch.Tensor | None, idx: list[int], cfg, pad_id: int, device
+                    ) -> tuple[float | None, dict[str, float], float | None]:
+    """Forward + backward of this rank's share of the global batch `idx` (pairs idx[rank::world]), then
+    gradient clipping; the caller steps the optimizer. ref_logps: (n_pairs, 2) or None (SimPO).
+
+    The loss functions average over pairs, so this rank's mean is weighted by its share of the global batch
+    (times the process count: DDP averages gradients over ranks) and the gradient is the single-process
+    one. The logged loss and metrics are the loss function's on the whole batch, from every rank's detached
+    log-probs. Returns (loss, metrics, grad norm); loss and norm are None when either is not finite.
+    """
+    dist, loss_fn = current(), PREFERENCE_LOSSES[cfg.loss]
+    mine, weight = strided_share(idx, dist.rank, dist.world)
+    chosen, rejected, c_len, r_len = pair_logps(model, [encoded[i] for i in mine], pad_id, device)
+    ref = ref_logps[mine].to(device) if ref_logps is not None else None
+
+    def loss_of(c, r, cl, rl, rf):
+        return loss_fn(c, r, cl, rl, beta=cfg.beta, gamma=cfg.gamma, ref_chosen_logp=None if rf is None else rf[:, 0],
+                       ref_rejected_logp=None if rf is None else rf[:, 1])
+
+    loss, _ = loss_of(chosen, rejected, c_len, r_len, ref)
+    (loss * (len(mine) / len(idx) * dist.world * weight)).backward()
+    grad_norm = float(dist.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+    local = [t.detach().cpu() for t in (chosen, rejected, c_len, r_len)] + [None if ref is None else ref.cpu()]
+    parts = [p for p in dist.gather_objects(local if weight else None) if p is not None]
+    columns = [None if p[0] is None else torch.cat(list(p)) for p in zip(*parts)]
+    batch_loss, metrics = loss_of(*columns)
+    finite = math.isfinite(float(batch_loss)) and math.isfinite(grad_norm)
+    if dist.world > 1:
+        finite = dist.max(0.0 if finite else 1.0) == 0.0
+    return (float(batch_loss), metrics, grad_norm) if finite else (None, metrics, None)

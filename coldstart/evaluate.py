@@ -34,14 +34,16 @@ def encode_prompts(tokenizer, examples: list[Example], prompt: PromptConfig) -> 
 
 
 def sample_texts(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int,
-                 sampler: str = "torch", generator: torch.Generator | None = None) -> tuple[list[str], list[int]]:
+                 sampler: str = "torch", generator: torch.Generator | None = None,
+                 seeds: list[int] | None = None) -> tuple[list[str], list[int]]:
     """Completions for every prompt (params.n each, prompt-major) in chunks of about `batch_size` rows;
-    returns texts and lengths in tokens."""
+    returns texts and lengths in tokens. `seeds` (one per prompt) seed each prompt's samples on their own."""
     smp = build_sampler(sampler, tokenizer)
     per_chunk = max(1, batch_size // params.n)
     texts, lengths = [], []
     for i in range(0, len(prompts), per_chunk):
-        ro = smp.sample(model, prompts[i : i + per_chunk], params, generator)
+        ro = smp.sample(model, prompts[i : i + per_chunk], params, generator,
+                        None if seeds is None else seeds[i : i + per_chunk])
         texts += ro.texts
         lengths += ro.lengths.tolist()
     return texts, lengths

@@ -58,6 +58,10 @@ def base_model(recipe: Recipe, out: Path) -> str | Path:
     return base
 
 
+# the training stages that run on several processes (DDP through accelerate; docs/scale-out.md)
+MULTI_PROCESS_STAGES = ("sft", "rsft", "dpo", "rl")
+
+
 @dataclass
 class Stage:
     """What a training stage starts with: its folder, device, task, start model and resume point."""
@@ -80,9 +84,9 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
 
     stage = out / name
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
-    if current().world > 1 and name not in ("sft", "rl"):
-        raise ValueError(f"{name}: this stage does not run on several processes yet (sft, rl and eval do); "
-                         "run it with one process, then launch the next stages (docs/scale-out.md)")
+    if current().world > 1 and name not in MULTI_PROCESS_STAGES:
+        raise ValueError(f"{name}: this stage does not run on several processes yet ({', '.join(MULTI_PROCESS_STAGES)} "
+                         "and eval do); run it with one process, then launch the next stages (docs/scale-out.md)")
     if current().is_main:  # only rank 0 writes files
         stage.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, stage / "config.yaml")

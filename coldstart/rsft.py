@@ -8,7 +8,7 @@ Each round r = 1 .. rsft.rounds, with the model left by round r-1 (round 1: the 
     verify    the rsft.rewards (default: the task's verifier) score each completion; keep score ≥ min_reward
     select    per prompt, the first keep_per_prompt distinct kept completions (whitespace-normalised text)
     train     SFT on prompt + the model's own completion + eos, loss on the completion only
-              (coldstart.sft's collate / masked_lm_loss), `epochs` passes of batch_size sequences
+              (coldstart.sft's training step), `epochs` passes of batch_size sequences
     evaluate  greedy accuracy on the val split; one metrics row per round; a checkpoint per round
 
 Papers: WebSailor's RFT cold start (ALGORITHMS.md §1: keep only successful trajectories, SFT on them),
@@ -22,7 +22,13 @@ Our readings, where the sources leave it open:
 - one AdamW optimizer, constant lr, carries over all rounds (saved in each round's checkpoint).
 
 `--resume` restarts at the last finished round (its checkpoint holds the round, the prompt cursor and the
-optimizer); a round's sampling noise is seeded by (run.seed, round), so a resumed run samples the same.
+optimizer). Each prompt's sampling noise (and hint draws) is seeded by its position in the prompt stream, so a
+resumed run samples the same, and so does any number of processes.
+
+Several processes (`accelerate launch`, docs/scale-out.md): `prompts_per_round` stays global; rank r samples,
+scores and selects its contiguous share of the round's prompts, the selections are gathered in rank order
+(every rank then holds the single-process SFT set), and `batch_size` is the global SFT batch, split over
+the ranks with the loss normalised over its label tokens (coldstart.sft). Only rank 0 writes files.
 
     coldstart run recipes/demo.yaml run.stages=[sft,rsft,rl,eval] rsft.rounds=2
 """
@@ -38,17 +44,18 @@ from typing import Any
 
 import torch
 
-from .checkpoint import finalize_stage, load_trainer_state, save_checkpoint
+from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
+from .distributed import current
 from .evaluate import encode_prompts, evaluate_greedy, sample_texts
 from .hints import DEFAULT_HINTS, hinted_prefixes
 from .models import eos_ids
 from .pipeline import open_stage
 from .rewards import build_reward
-from .rl import prompt_batch
+from .rl import prompt_batch, prompt_seed
 from .rollout import SamplingParams
-from .runtime import MetricsLog, build_optimizer, console, progress
-from .sft import Encoded, batch_for_step, collate, masked_lm_loss, packing_supported
+from .runtime import MetricsLog, build_optimizer, console, progress, save_on_main
+from .sft import Encoded, batch_for_step, packing_supported, train_step
 from .types import Example
 
 
@@ -97,19 +104,35 @@ def select_completions(texts: list[str | None], scores: list[float], k: int, kee
     return Selection(kept, correct, duplicates, solved)
 
 
-def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, generator: torch.Generator
-                 ) -> tuple[list[list[int]], list[str | None], int]:
-    """Prompt ids (B lists), completions (B×k, prompt-major; with hints, None where Hint-infer found no hint
-    point or the prefix left no room to continue) and the number of completions that got a hint."""
-    cfg = recipe.rsft
+
+def merge_selections(parts: list[tuple[int, Selection]]) -> Selection:
+    """One round's Selection from each rank's (index of its first prompt in the round, its Selection),
+    in rank order: prompt indices are shifted to the round's and the counts add up, so the result is the
+    single-process selection.
+
+    >>> merge_selections([(0, Selection([(1, "a")], 2, 1, 1)), (3, Selection([(0, "b")], 1, 0, 1))])
+    Selection(kept=[(1, 'a'), (3, 'b')], correct=3, duplicates=1, solved=2)
+    """
+    return Selection([(start + i, t) for start, sel in parts for i, t in sel.kept],
+                     sum(sel.correct for _, sel in parts), sum(sel.duplicates for _, sel in parts),
+                     sum(sel.solved for _, sel in parts))
+
+
+def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, seeds: list[int]
+                 ) -> tuple[list[str | None], int]:
+    """Completions (B×k, prompt-major; with hints, None where Hint-infer found no hint point or the prefix
+    left no room to continue) and the number of completions that got a hint. `seeds` (B,) seed each
+    prompt's samples, hint draws and continuations, so they do not depend on the other prompts sampled."""
+    cfg, k = recipe.rsft, recipe.rsft.samples_per_prompt
     prompts = encode_prompts(tokenizer, examples, recipe.prompt)
     eos = eos_ids(tokenizer, model)
-    params = SamplingParams(n=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, eos_ids=eos)
-    texts, _ = sample_texts(model, tokenizer, prompts, params, recipe.eval.batch_size, generator=generator)
+    params = SamplingParams(n=k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, eos_ids=eos)
+    texts, _ = sample_texts(model, tokenizer, prompts, params, recipe.eval.batch_size, seeds=seeds)
     if not cfg.hints:
-        return prompts, list(texts), 0
-    prefixes = hinted_prefixes(texts, cfg.hint_library or DEFAULT_HINTS, generator)
+        return list(texts), 0
+    library = cfg.hint_library or DEFAULT_HINTS
+    prefixes = [p for i, s in enumerate(seeds) for p in hinted_prefixes(
+        texts[i * k : (i + 1) * k], library, torch.Generator().manual_seed(prompt_seed(s, 1)))]
     out: list[str | None] = [None] * len(texts)
     # The hinted completion (prefix + continuation) stays within max_new_tokens: the continuation budget is
     # what the prefix leaves, rounded down to a multiple of 16 so that rows share a few sampling calls.
@@ -119,14 +142,14 @@ def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, gene
             ids = tokenizer(p, add_special_tokens=False).input_ids
             budget = (cfg.max_new_tokens - len(ids)) // 16 * 16
             if budget > 0:
-                by_budget.setdefault(budget, []).append((i, prompts[i // cfg.samples_per_prompt] + ids))
+                by_budget.setdefault(budget, []).append((i, prompts[i // k] + ids))
     for budget, rows in sorted(by_budget.items()):
         cont, _ = sample_texts(model, tokenizer, [ids for _, ids in rows], SamplingParams(
             n=1, max_new_tokens=budget, temperature=cfg.temperature, eos_ids=eos), recipe.eval.batch_size,
-            generator=generator)
+            seeds=[prompt_seed(seeds[i // k], 2 + i % k) for i, _ in rows])
         for (i, _), c in zip(rows, cont):
             out[i] = prefixes[i] + c
-    return prompts, out, sum(t is not None for t in out)
+    return out, sum(t is not None for t in out)
 
 
 def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: int, tokenizer) -> list[float]:
@@ -143,10 +166,12 @@ def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: 
     return [s if t is not None else -math.inf for s, t in zip(total, texts)]
 
 
+
 def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int, grad_clip: float, pack: bool,
                 pad_id: int, seed: int, device) -> tuple[float | None, int]:
-    """SFT passes over one round's kept sequences; returns the mean loss over steps (None if no data) and
-    the number of optimizer steps."""
+    """SFT passes over one round's kept sequences (the same list on every rank; `batch_size` is the global
+    batch, trained by coldstart.sft's step); returns the mean loss over steps (None if no data) and the
+    number of optimizer steps. Raises FloatingPointError on a NaN / inf loss or gradient (no step taken)."""
     if not seqs:
         return None, 0
     steps = max(1, math.ceil(epochs * math.ceil(len(seqs) / batch_size)))
@@ -154,22 +179,19 @@ def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int,
     model.train()
     for step in range(steps):
         batch = [seqs[i] for i in batch_for_step(len(seqs), step, batch_size, seed)]
-        inputs = {k: v.to(device) for k, v in collate(batch, pack, pad_id).items()}
-        loss, _ = masked_lm_loss(model, inputs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"rsft: loss is {float(loss)} at step {step} of the round")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        loss, _, grad_norm = train_step(model, opt, batch, pack, pad_id, device, grad_clip, current())
+        if loss is None or grad_norm is None:
+            raise FloatingPointError(f"rsft: non-finite loss or gradient at step {step} of the round")
         opt.step()
-        losses.append(float(loss.detach()))
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss)
     return sum(losses) / len(losses), steps
 
 
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the rsft stage into `out/rsft` (start: rsft.init, `auto` = the last finished stage before it in
     run.stages, else the base model); return that folder."""
-    cfg, run = recipe.rsft, recipe.run
+    cfg, run, dist = recipe.rsft, recipe.run, current()
     st = open_stage(recipe, out, "rsft", cfg.init, resume)
     stage, device, task, tokenizer, model = st.dir, st.device, st.task, st.tokenizer, st.model
     reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=task)
@@ -177,60 +199,77 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     val = task.examples("val", recipe.task.val_size, run.seed)
     pack = cfg.pack and packing_supported(model, device)
     opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    state: dict[str, Any] = {"round": 0, "cursor": 0, "best": None, "elapsed": 0.0, "kept_total": 0}
+    # `step` mirrors `round` for save_on_main
+    state: dict[str, Any] = {"round": 0, "step": 0, "cursor": 0, "best": None, "elapsed": 0.0, "kept_total": 0}
     if st.ckpt is not None:
         state = load_trainer_state(st.ckpt, opt)
+        state.setdefault("step", state["round"])
         console.print(f"rsft: resumed from {st.ckpt} after round {state['round']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["round"] if st.ckpt else None)
+    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["round"] if st.ckpt else None) if dist.is_main else None
+    trained, opt = dist.prepare(model, opt)  # DDP's wrapper on several ranks; `model` samples and is saved
     console.print(f"rsft: from {st.start}, {cfg.rounds} rounds of {cfg.prompts_per_round}×{cfg.samples_per_prompt} "
-                  f"samples, hints={cfg.hints}, device={device}")
+                  f"samples, hints={cfg.hints}, device={device}"
+                  + (f", {dist.world} processes" if dist.world > 1 else ""))
     t_start = time.perf_counter() - state["elapsed"]
     last = st.ckpt
     with progress(run.quiet) as bar:
         bar_id = bar.add_task("rsft", total=cfg.rounds, completed=state["round"], info="")
         while state["round"] < cfg.rounds:
             r = state["round"] + 1
-            row = {"step": r, **_round(model, tokenizer, opt, task, reward_fn, pool, val, recipe, state, pack,
-                                       device, r, stage)}
-            state["round"] = r
+            row = {"step": r, **_round(model, trained, tokenizer, opt, task, reward_fn, pool, val, recipe, state,
+                                       pack, device, r, stage)}
+            state["round"] = state["step"] = r
             state["elapsed"] = time.perf_counter() - t_start
             row["time/elapsed_s"] = state["elapsed"]
+            if dist.world > 1:
+                row["dist/param_checksum"] = dist.check_in_sync(model, r)
             if state["best"] is None or row["val/accuracy"] > state["best"]:
                 state["best"] = row["val/accuracy"]
-                save_checkpoint(stage, r, model, tokenizer, state, name="best")
-            log.write(row)
-            last = save_checkpoint(stage, r, model, tokenizer, state, opt)
+                save_on_main(stage, model, tokenizer, state, "rsft", name="best")
+            if log is not None:
+                log.write(row)
+            last = save_on_main(stage, model, tokenizer, state, "rsft", opt)
             bar.update(bar_id, completed=r, info=f"kept {row['rsft/kept']} val {row['val/accuracy']:.3f}")
     if last is None:  # rounds: 0 — export the start model unchanged
-        last = save_checkpoint(stage, 0, model, tokenizer, state, opt)
+        last = save_on_main(stage, model, tokenizer, state, "rsft", opt)
     best = stage / "checkpoints" / "best"
     final = best if cfg.keep_best and best.is_dir() else last
     summary = {"stage": "rsft", "rounds": state["round"], "best_val_accuracy": state["best"],
                "seconds": state["elapsed"], "kept_total": state["kept_total"]}
-    finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    if dist.is_main:
+        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
+    dist.barrier()
     console.print(f"rsft: done in {state['elapsed']:.0f}s, {state['round']} rounds; model in {stage}")
     return stage
 
 
-def _round(model, tokenizer, opt, task, reward_fn, pool, val, recipe: Recipe, state: dict, pack: bool, device,
-           r: int, stage: Path) -> dict[str, Any]:
+def _round(model, trained, tokenizer, opt, task, reward_fn, pool, val, recipe: Recipe, state: dict, pack: bool,
+           device, r: int, stage: Path) -> dict[str, Any]:
     """One expert-iteration round (sample → verify → select → train → evaluate); returns its metrics row.
-    The kept completions are written to `stage/data/round-{r:03d}.jsonl` (prompt, answer, completion)."""
-    cfg, seed = recipe.rsft, recipe.run.seed
-    k = cfg.samples_per_prompt
-    examples = prompt_batch(pool, state["cursor"], cfg.prompts_per_round, seed + 101)
-    state["cursor"] += cfg.prompts_per_round
+    Each rank samples, scores and selects its share of the round's prompts; the gathered selection is the
+    single-process one. `model` samples and evaluates, `trained` (its DDP wrapper, or itself) trains. The
+    kept completions are written to `stage/data/round-{r:03d}.jsonl` (prompt, answer, completion)."""
+    cfg, seed, dist = recipe.rsft, recipe.run.seed, current()
+    k, B, cursor = cfg.samples_per_prompt, cfg.prompts_per_round, state["cursor"]
+    examples = prompt_batch(pool, cursor, B, seed + 101)
+    seeds = [prompt_seed(seed + 101, c) for c in range(cursor, cursor + B)]
+    state["cursor"] += B
+    part = dist.split(B)  # this rank's prompts of the round
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed * 1009 + r)
-    prompts, texts, hinted = sample_round(model, tokenizer, examples, recipe, gen)
-    scores = score_texts(reward_fn, examples, texts, k, tokenizer)
-    sel = select_completions(texts, scores, k, cfg.keep_per_prompt, cfg.min_reward)
+    sel, hinted = Selection([], 0, 0, 0), 0
+    if part.stop > part.start:
+        texts, hinted = sample_round(model, tokenizer, examples[part], recipe, seeds[part])
+        scores = score_texts(reward_fn, examples[part], texts, k, tokenizer)
+        sel = select_completions(texts, scores, k, cfg.keep_per_prompt, cfg.min_reward)
+    parts = dist.gather_objects((part.start, sel, hinted))
+    sel, hinted = merge_selections([(start, s) for start, s, _ in parts]), sum(h for _, _, h in parts)
     t1 = time.perf_counter()
-    _write_data(stage / "data" / f"round-{r:03d}.jsonl", examples, sel)
-    eos = tokenizer.eos_token_id
+    if dist.is_main:
+        _write_data(stage / "data" / f"round-{r:03d}.jsonl", examples, sel)
+    prompts, eos = encode_prompts(tokenizer, examples, recipe.prompt), tokenizer.eos_token_id
     seqs = [Encoded(prompts[i] + tokenizer(t, add_special_tokens=False).input_ids + [eos], len(prompts[i]))
             for i, t in sel.kept]
-    loss, steps = train_round(model, opt, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
+    loss, steps = train_round(trained, opt, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
                               tokenizer.pad_token_id, seed * 1009 + r, device)
     if not seqs:
         console.print(f"[yellow]rsft: round {r} kept no completion (none scored ≥ {cfg.min_reward}); no update")
@@ -238,9 +277,8 @@ def _round(model, tokenizer, opt, task, reward_fn, pool, val, recipe: Recipe, st
     acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
                           recipe.eval.batch_size)["accuracy"] if val else None
     state["kept_total"] += len(seqs)
-    n = len(texts)
-    return {"rsft/kept": len(seqs), "rsft/pass_rate": sel.correct / n, "rsft/duplicates": sel.duplicates,
-            "rsft/solved_frac": sel.solved / len(examples), "rsft/hinted": hinted, "loss": loss, "steps": steps,
+    return {"rsft/kept": len(seqs), "rsft/pass_rate": sel.correct / (B * k), "rsft/duplicates": sel.duplicates,
+            "rsft/solved_frac": sel.solved / B, "rsft/hinted": hinted, "loss": loss, "steps": steps,
             "val/accuracy": acc if acc is not None else 0.0, "time/sample_s": t1 - t0, "time/train_s": t2 - t1,
             "time/eval_s": time.perf_counter() - t2}
 

@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
-from .distributed import current
+from .distributed import current, strided_share
 from .evaluate import evaluate_greedy
 from .pipeline import open_stage, select_traces
 from .prompts import render_prompt, render_target
@@ -151,7 +151,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         while state["step"] < total:
             step = state["step"]
             batch = [seqs[i] for i in batch_for_step(len(seqs), step, cfg.batch_size, run.seed)]
-            loss, n_tok, grad_norm = _train_step(trained, opt, batch, pack, tokenizer.pad_token_id, device,
+            loss, n_tok, grad_norm = train_step(trained, opt, batch, pack, tokenizer.pad_token_id, device,
                                                  cfg.grad_clip, dist)
             if not nonfinite.check(grad_norm is not None, step + 1, last_ckpt):
                 opt.step()
@@ -188,7 +188,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     return stage
 
 
-def _train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device, grad_clip: float,
+def train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device, grad_clip: float,
                 dist) -> tuple[float, int, float | None]:
     """Forward + backward of this rank's share of the global batch, then gradient clipping.
 
@@ -199,9 +199,7 @@ def _train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, devic
     finite on any rank: the caller skips the optimizer step).
     """
     total = sum(len(e.ids) - e.n_prompt for e in batch)  # label tokens of the global batch
-    mine, weight = batch[dist.rank :: dist.world], 1.0
-    if not mine:
-        mine, weight = batch[:1], 0.0
+    mine, weight = strided_share(batch, dist.rank, dist.world)
     inputs = {k: v.to(device) for k, v in collate(mine, pack, pad_id).items()}
     loss, n = masked_lm_loss(model, inputs)
     scale = n / total * dist.world * weight

@@ -7,7 +7,7 @@ import torch
 from coldstart.algorithms.preference import dpo_loss, simpo_loss
 from coldstart.cli import main
 from coldstart.config import load_recipe
-from coldstart.dpo import Pair, completion_logps, pairs_from_samples, read_pairs
+from coldstart.dpo import Pair, build_pairs, completion_logps, pairs_from_samples, read_pairs
 from coldstart.models import build_char_tokenizer, build_tiny_model
 from coldstart.tasks import build_task
 from coldstart.types import Example
@@ -159,3 +159,21 @@ def test_sft_then_dpo_from_rollouts_and_simpo(tmp_path, tiny_overrides):
         assert task.verify(ex, p.chosen) == 1.0 and task.verify(ex, p.rejected) == 0.0
     assert pairs
     assert json.loads((out / "dpo" / "complete.json").read_text())["pairs"] == len(pairs)
+
+
+def test_built_pairs_do_not_depend_on_the_sampling_chunks(tiny_overrides):
+    """Per-prompt seeds: the first `limit` pairs are the same whatever the chunk size (or process count)."""
+    tok = build_char_tokenizer()
+    model = build_tiny_model(len(tok), hidden_size=32, layers=1, heads=2, max_len=96, pad_id=tok.pad_token_id,
+                             bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, seed=0)
+    task = build_task("arithmetic", {"digits": 1, "ops": "+"})
+    pool = task.examples("train", 12, 0)
+    found = []
+    for batch in (2, 6, 64):  # 1, 3 or all 12 prompts per sampling call
+        recipe = load_recipe(None, [*tiny_overrides, "dpo.pairs=task", "dpo.samples=2", "dpo.max_new_tokens=12",
+                                    f"eval.batch_size={batch}"])
+        found.append(build_pairs(model, tok, task, pool, recipe, limit=5))
+    assert len(found[0]) == 5 and found[0] == found[1] == found[2]
+    recipe = load_recipe(None, [*tiny_overrides, "dpo.pairs=task", "dpo.samples=2", "dpo.max_new_tokens=12",
+                                "run.seed=1"])
+    assert build_pairs(model, tok, task, pool, recipe, limit=5) != found[0]  # the seed drives the samples

@@ -7,9 +7,11 @@ from safetensors.torch import load_file
 
 from coldstart.cli import main
 from coldstart.config import load_recipe
+from coldstart.models import load_model, load_tokenizer
 from coldstart.pipeline import build_task_from, previous_stages
 from coldstart.rewards import build_reward
-from coldstart.rsft import score_texts, select_completions
+from coldstart.rl import prompt_seed
+from coldstart.rsft import sample_round, score_texts, select_completions
 from coldstart.runtime import stage_start
 from coldstart.types import Example
 from tests.conftest import TINY, kill_when_saved
@@ -121,3 +123,18 @@ def test_rsft_resume_after_a_kill_matches_a_straight_run(tmp_path, tiny_override
     assert rows(tmp_path / "straight" / "rsft" / "metrics.jsonl")[-1]["rsft/kept"] == \
         rows(killed / "rsft" / "metrics.jsonl")[-1]["rsft/kept"]
     assert [m["step"] for m in rows(killed / "rsft" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_prompts_samples_and_hints_do_not_depend_on_the_other_prompts(tiny_overrides, sft_model):
+    """What lets each process sample its share of a round: per-prompt seeds, hints included."""
+    recipe = load_recipe("recipes/demo.yaml", [*tiny_overrides, "model.hidden_size=64", *RSFT, "rsft.hints=true",
+                                               "rsft.hint_library=['Wait, let me check.', 'Hmm, again.']",
+                                               "eval.batch_size=8"])
+    examples = build_task_from(recipe).examples("train", 6, 0)
+    model, tokenizer = load_model(sft_model), load_tokenizer(sft_model)
+    seeds = [prompt_seed(7, c) for c in range(6)]
+    texts, hinted = sample_round(model, tokenizer, examples, recipe, seeds)
+    tail, tail_hinted = sample_round(model, tokenizer, examples[3:], recipe, seeds[3:])
+    assert tail == texts[3 * 4 :] and 0 < tail_hinted <= hinted
+    again, _ = sample_round(model, tokenizer, examples[3:], recipe, [s + 1 for s in seeds[3:]])
+    assert again != tail  # the seeds do drive the samples

@@ -16,8 +16,13 @@ SFT on binary-search dialogues with the loss on the last turn only. Use `history
 In multi-turn RL the environment plays the game on from the example's state against its secret; the number of
 turns to the answer is the metric (`turns/mean`).
 
-Options: low, high (the full range, default 1..32), history, val_frac, test_frac. States are split by the hash
-of `lo:hi:secret`, dialogues by the hash of their prompt and secret.
+With `bisect: p < 1` the train split's teacher is imperfect: its turn is the midpoint with probability p and
+otherwise a uniformly random number of the interval (the rationale stays `lo to hi`), so a cold start on it
+learns both strategies and RL can learn to prefer the one that needs fewer turns. The val and test answers are
+always the midpoint, which `verify` scores.
+
+Options: low, high (the full range, default 1..32), history, bisect (default 1.0), val_frac, test_frac. States
+are split by the hash of `lo:hi:secret`, dialogues by the hash of their prompt and secret.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class GuessOptions:
     low: int = 1
     high: int = 32
     history: int = 3  # earlier turns in a dialogue example (0: single states)
+    bisect: float = 1.0  # train split only: probability that the teacher's turn is the midpoint, else random
     val_frac: float = 0.05
     test_frac: float = 0.1
 
@@ -65,8 +71,16 @@ class GuessTask:
         if n is not None and n > len(pool):
             raise ValueError(f"guess: asked for n={n} {split} examples but {o.low}..{o.high} has only {len(pool)} "
                              "in that split; ask for fewer or widen the range")
-        rng_for(self.seed, seed, split).shuffle(pool)
-        return [make_example(lo, hi, s, o.low, o.high) for lo, hi, s in pool[:n]]
+        rng = rng_for(self.seed, seed, split)
+        rng.shuffle(pool)
+        return [self._teach(make_example(lo, hi, s, o.low, o.high), split, rng) for lo, hi, s in pool[:n]]
+
+    def _teach(self, ex: Example, split: str, rng) -> Example:
+        """The example with the teacher's turn: on the train split a random guess with probability 1 - bisect."""
+        if split != "train" or self.options.bisect >= 1.0 or rng.random() < self.options.bisect:
+            return ex
+        guess = rng.randint(int(ex.meta["lo"]), int(ex.meta["hi"]))
+        return Example(ex.prompt, str(guess), ex.solution, ex.meta)
 
     def _dialogues(self, split: str, n: int, seed: int) -> list[Example]:
         """n dialogue examples of `split`: random games with 0..history wrong guesses played before the state."""
@@ -91,7 +105,7 @@ class GuessTask:
             if key in seen or split_of(key, o.val_frac, o.test_frac) != split:
                 continue
             seen.add(key)
-            ex = make_example(env.lo, env.hi, secret, o.low, o.high)
+            ex = self._teach(make_example(env.lo, env.hi, secret, o.low, o.high), split, rng)
             out.append(Example(prompt, ex.answer, ex.solution, ex.meta))
         if len(out) < n:
             raise ValueError(f"guess: found only {len(out)} of n={n} distinct {split} dialogues; ask for fewer")
@@ -103,9 +117,11 @@ class GuessTask:
 
 
 def build(options: dict | None = None, seed: int = 0) -> GuessTask:
-    """Build the guess task from recipe options (low, high, val_frac, test_frac)."""
+    """Build the guess task from recipe options (low, high, history, bisect, val_frac, test_frac)."""
     o = parse_options(GuessOptions, options, "guess")
     if o.low > o.high:
         raise ValueError(f"guess: option low must be <= high, got {o.low} > {o.high}")
+    if not 0.0 <= o.bisect <= 1.0:
+        raise ValueError(f"guess: option bisect must be in [0, 1], got {o.bisect}")
     check_fracs("guess", o.val_frac, o.test_frac)
     return GuessTask(o, seed)
