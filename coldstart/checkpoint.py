@@ -71,22 +71,26 @@ def save_checkpoint(
     extra_modules: dict[str, torch.nn.Module] | None = None,
     keep: int = 2,
     name: str | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Atomically write `stage_dir/checkpoints/step-{step:06d}` (or `checkpoints/{name}`, e.g. "best") and
-    prune all but the last `keep` step saves."""
+    prune all but the last `keep` step saves. `weights` and `optimizer_state`, when given, are saved instead
+    of the model's and the optimizer's own (an FSDP run's gathered full states, `Dist.full_state`)."""
     final = checkpoint_path(stage_dir, step, name)
     ckpt_root = final.parent
     ckpt_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckpt_root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         sdir = tmp / STATE_DIR
         sdir.mkdir()
         torch.save(
             {
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "optimizer": optimizer_state if optimizer_state is not None else
+                optimizer.state_dict() if optimizer is not None else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
@@ -138,13 +142,7 @@ def load_trainer_state(
 ) -> dict[str, Any]:
     """Restore optimizer, scheduler, RNG and generator states from a checkpoint; return its counters."""
     sdir = Path(ckpt) / STATE_DIR
-    try:
-        blob = torch.load(sdir / "states.pt", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{sdir / 'states.pt'}: refused to load: it holds objects other than tensors and plain containers, "
-            f"which could run code when unpickled (torch.load weights_only=True). Only resume checkpoints that "
-            f"coldstart wrote. Detail: {str(e).splitlines()[0][:300]}") from None
+    blob = _read_states(sdir)
     if optimizer is not None and blob["optimizer"] is not None:
         optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None and blob["scheduler"] is not None:
@@ -158,6 +156,22 @@ def load_trainer_state(
         if name in blob["modules"]:
             module.load_state_dict(blob["modules"][name])
     return json.loads((sdir / "state.json").read_text())
+
+
+def _read_states(sdir: Path) -> dict[str, Any]:
+    """The tensors and counters of `states.pt`, loaded data-only (weights_only=True)."""
+    try:
+        return torch.load(sdir / "states.pt", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{sdir / 'states.pt'}: refused to load: it holds objects other than tensors and plain containers, "
+            f"which could run code when unpickled (torch.load weights_only=True). Only resume checkpoints that "
+            f"coldstart wrote. Detail: {str(e).splitlines()[0][:300]}") from None
+
+
+def read_optimizer_state(ckpt: str | Path) -> dict | None:
+    """The optimizer state saved in checkpoint `ckpt` (`Optimizer.state_dict()` format, full tensors), or None."""
+    return _read_states(Path(ckpt) / STATE_DIR)["optimizer"]
 
 
 def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, Any],

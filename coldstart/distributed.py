@@ -20,6 +20,10 @@ What coldstart adds is the batch semantics, the same on 1 or N processes:
   a rank with fewer rows runs zero-weight passes.
 - Only rank 0 writes checkpoints, metrics and reports; every rank resumes from the same checkpoint.
   Validation runs on every rank (deterministic, identical weights), so early-stopping decisions agree.
+- FSDP (accelerate's plugin, FSDP2; the sft and rl stages): weights, gradients and optimizer state are
+  sharded, and every forward pass gathers weights from all ranks, so the sampler decodes until every rank
+  is done (`all_done`), checkpoints hold the gathered full states rank 0 writes (`full_state`), and the
+  optimizer state is loaded after sharding (`prepare`). What FSDP refuses: `fsdp_refusals`, docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ import os
 from functools import cache
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 class Dist:
-    """The process group of this run: one process (rank 0 of 1) unless launched by accelerate / torchrun."""
+    """The process group of this run: one process (rank 0 of 1) unless launched by accelerate / torchrun.
+    `sharded` is True under accelerate's FSDP plugin (FSDP2): each rank then holds a shard of every weight."""
 
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.accelerator = None
         self.rank = 0
+        self.sharded = False
         if self.world > 1:
             from accelerate import Accelerator
 
@@ -45,11 +52,18 @@ class Dist:
             self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
             self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
             kind = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-            if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            if kind == "MULTI_CPU" and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+                kind = "DEEPSPEED"  # accelerate drops DeepSpeed on CPU silently; say so instead of running DDP
+            if kind == "MULTI_CPU" and _env_flag("ACCELERATE_USE_FSDP"):
+                kind = _fsdp_on_cpu(self.accelerator)
+            if kind in ("DEEPSPEED", "MEGATRON_LM"):
                 raise ValueError(
-                    f"accelerate config: distributed_type {kind} is not supported by coldstart yet (its sampler, "
-                    "evaluation and rank-0 checkpoints need the whole model on every process; docs/scale-out.md). "
-                    "Use DDP (recipes/accelerate/ddp.yaml), with model.lora for models whose optimizer does not fit")
+                    f"accelerate config: distributed_type {kind} is not supported by coldstart (DeepSpeed is not "
+                    "installed or tested here; its partitioned optimizer needs its own checkpoint calls; "
+                    "docs/scale-out.md). Use FSDP (recipes/accelerate/fsdp.yaml) or DDP (recipes/accelerate/ddp.yaml)")
+            if kind == "FSDP":
+                check_fsdp_plugin(self.accelerator.state.fsdp_plugin)
+                self.sharded = True
 
     @property
     def is_main(self) -> bool:
@@ -61,11 +75,34 @@ class Dist:
         """The device accelerate assigned to this rank (None when not launched)."""
         return self.accelerator.device if self.accelerator is not None else None
 
-    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """Wrap model and optimizer for the configured engine (DDP / FSDP / DeepSpeed); unchanged alone."""
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt=None, recipe=None,
+                stage: str = ""):
+        """Wrap model and optimizer for the configured engine (DDP / FSDP); unchanged alone.
+
+        Under FSDP the model is sharded in place (`model` itself then gathers its weights in every forward
+        pass, so every rank must run the same passes), `stage` ("sft" or "rl") and `recipe` must be given and
+        pass `fsdp_refusals`, and the optimizer state of checkpoint `ckpt` is loaded here, into the shards
+        (accelerate swaps the optimizer's parameters for the sharded ones, dropping any state loaded before)."""
         if self.accelerator is None:
             return model, optimizer
-        return self.accelerator.prepare(model, optimizer)
+        if not self.sharded:
+            return self.accelerator.prepare(model, optimizer)
+        refusals = fsdp_refusals(recipe, stage)
+        if refusals:
+            raise ValueError("under FSDP (accelerate's fsdp_config): " + "; ".join(refusals)
+                             + ". Use DDP for these (recipes/accelerate/ddp.yaml; docs/scale-out.md)")
+        from .runtime import console
+
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        console.print(f"{stage}: FSDP2 shards weights, gradients and optimizer state over {self.world} processes")
+        _inner(optimizer).state.clear()  # state keyed by the unsharded parameters, if a checkpoint was loaded
+        if ckpt is not None:
+            from .checkpoint import read_optimizer_state
+
+            saved = read_optimizer_state(ckpt)
+            if saved is not None:
+                self.load_full_optimizer_state(model, optimizer, saved)
+        return model, optimizer
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain model inside an engine wrapper (for sampling, evaluation and saving)."""
@@ -78,10 +115,12 @@ class Dist:
         return self.accelerator.no_sync(model)
 
     def clip_grad_norm_(self, params, max_norm: float) -> torch.Tensor:
-        """Clip the gradients to a global norm; returns the norm before clipping (a 0-dim tensor)."""
+        """Clip the gradients to a global norm; returns the norm before clipping (a 0-dim tensor; under FSDP
+        the norm over every rank's gradient shards)."""
         if self.accelerator is None:
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return self.accelerator.clip_grad_norm_(params, max_norm)
+        norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def sum(self, value: float) -> float:
         """The sum of a number over all ranks."""
@@ -135,13 +174,126 @@ class Dist:
         return slice(self.rank * size, (self.rank + 1) * size)
 
     def check_in_sync(self, model: torch.nn.Module, step: int) -> float:
-        """A float64 checksum of the trainable weights; raises when the ranks disagree (they never should)."""
-        total = sum(float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad)
+        """A float64 checksum of the trainable weights; raises when the ranks disagree (they never should).
+        Under FSDP each weight element lives on one rank: the checksum is the sum of the shards' sums over
+        the ranks (the same number on every rank by construction), so only unsharded weights are compared."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        shards = [p for p in params if isinstance(p, DTensor)]
+        total = sum(float(p.detach().double().sum()) for p in params if not isinstance(p, DTensor))
         if self.world > 1:
             sums = self.gather_objects(total)
             if len(set(sums)) > 1:
                 raise RuntimeError(f"step {step}: the ranks' weights diverged (checksums {sums})")
+        if self.sharded:
+            total += self.sum(sum(float(p.to_local().detach().double().sum()) for p in shards))
         return total
+
+    def full_state(self, model: torch.nn.Module, optimizer=None) -> tuple[dict | None, dict | None]:
+        """Under FSDP, gather the full weights {name: tensor} (on the CPU) and the optimizer state in
+        `torch.optim.Optimizer.state_dict()`'s format (parameters by index, full tensors), so a checkpoint
+        is the one a single process writes. Every rank must call it; rank 0 gets them, others (None, None)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        # a tied weight (lm_head = embed_tokens) is saved once, under its first name, as save_pretrained does
+        first = {name for name, _ in model.named_parameters()}
+        for name, _ in model.named_parameters(remove_duplicate=False):
+            if name not in first:
+                weights.pop(name, None)
+        optim = None
+        if optimizer is not None:
+            full = get_optimizer_state_dict(model, _inner(optimizer), options=options)
+            optim = _by_index(full, model, _inner(optimizer)) if self.is_main else None
+        return (weights, optim) if self.is_main else (None, None)
+
+    def load_full_optimizer_state(self, model: torch.nn.Module, optimizer, saved: dict) -> None:
+        """Load an optimizer state in `state_dict()` format (full tensors, as `full_state` or one process saves
+        it) into the optimizer of an FSDP-sharded model: each rank keeps its shard. Every rank reads the file."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        inner = _inner(optimizer)
+        names, order = _param_names(model, inner)
+        by_name = {"state": {names[i]: saved["state"][i] for i in range(len(order)) if i in saved["state"]},
+                   "param_groups": [{**{k: v for k, v in sg.items() if k != "params"},
+                                     "params": [names[i] for i in sg["params"]]} for sg in saved["param_groups"]]}
+        set_optimizer_state_dict(model, inner, by_name, options=StateDictOptions(full_state_dict=True))
+
+    def all_done(self, done: bool, device=None) -> bool:
+        """True when `done` holds on every rank (one all-reduce; used by the sampler under FSDP)."""
+        flag = torch.tensor([0 if done else 1], dtype=torch.int32, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) == 0
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def _fsdp_on_cpu(accelerator) -> str:
+    """Turn accelerate's FSDP plugin on for CPU processes (gloo) and return "FSDP".
+
+    accelerate enables FSDP only for accelerator devices and otherwise falls back to plain data parallel
+    without a word, although its FSDP2 path (`fully_shard`) runs on CPU with gloo. coldstart sets the state
+    the launcher asked for (`ACCELERATE_USE_FSDP` and the `FSDP_*` variables of the config file), so the
+    CPU test exercises the same accelerate code as GPUs do."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* environment
+    accelerator.state.distributed_type = DistributedType.FSDP
+    return "FSDP"
+
+
+def check_fsdp_plugin(plugin) -> None:
+    """Refuse FSDP settings coldstart does not support: FSDP1, and loading weights on rank 0 only."""
+    if plugin.fsdp_version != 2:
+        raise ValueError(f"accelerate config: fsdp_version {plugin.fsdp_version} is not supported by coldstart; "
+                         "set fsdp_config.fsdp_version: 2 (FSDP2, fully_shard; recipes/accelerate/fsdp.yaml)")
+    if plugin.cpu_ram_efficient_loading:
+        raise ValueError("accelerate config: fsdp_cpu_ram_efficient_loading: true makes transformers load "
+                         "empty weights on every rank but 0, which breaks the RL reference model and evaluation "
+                         "(they load whole models on each rank); set it to false (recipes/accelerate/fsdp.yaml)")
+
+
+def fsdp_refusals(recipe, stage: str) -> list[str]:
+    """What a recipe asks for that coldstart cannot do with FSDP-sharded weights ([] when it can run)."""
+    if stage not in ("sft", "rl"):
+        return [f"the {stage or 'rsft / dpo'} stage is not supported (sft and rl are)"]
+    out = ["model.lora is not supported (adapters on sharded weights)"] if recipe.model.lora else []
+    if stage == "rl":
+        cfg = recipe.rl
+        checks = [(cfg.env is not None, "rl.env (multi-turn rollouts end after different numbers of turns)"),
+                  (cfg.prefix_rft is not None, "rl.prefix_rft is not supported"),
+                  (cfg.advantage == "gae", "rl.advantage=gae is not supported (its value head is not sharded)"),
+                  (cfg.sampler != "torch", f"rl.sampler={cfg.sampler} is not supported (use torch)")]
+        out += [msg for bad, msg in checks if bad]
+    return out
+
+
+def _inner(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[list[str], list]:
+    """The names of the optimizer's parameters in its index order (the order of `state_dict()`), and them."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    order = [p for g in optimizer.param_groups for p in g["params"]]
+    return [by_id[id(p)] for p in order], order
+
+
+def _by_index(full: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """A full optimizer state keyed by parameter name (torch.distributed.checkpoint) in `state_dict()`'s
+    format: parameters by their index in the optimizer's groups."""
+    names, _ = _param_names(model, optimizer)
+    index = {name: i for i, name in enumerate(names)}
+    return {"state": {index[n]: v for n, v in full["state"].items()},
+            "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                              "params": [index[n] for n in g["params"]]} for g in full["param_groups"]]}
 
 
 def contiguous_share(n: int, rank: int, world: int) -> slice:
@@ -193,3 +345,11 @@ def merge_rows(rows: list[dict]) -> dict:
 def current() -> Dist:
     """The process group, created once per process (the first call builds accelerate's state)."""
     return Dist()
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True for a model FSDP2 sharded over the ranks: its forward passes gather weights from every rank, so
+    every rank must run the same number of them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

@@ -363,8 +363,10 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
                                             sampling["generator"])
         row.update(update(trained or policy, ref, value_head, opt, ro, adv, returns, values, cfg, cfg.max_new_tokens,
                           weight))
-        if not row["rows/trained"]:  # every advantage was 0: measure the policy without training it
-            row.update(_passive_metrics(policy, ref, ro, cfg))
+        idle = not row["rows/trained"]  # every advantage was 0: measure the policy without training it
+        if current().max(float(idle)) if current().sharded else idle:  # FSDP: every rank runs its passes
+            passive = _passive_metrics(policy, ref, ro, cfg)
+            row.update(passive if idle else {})
     row["time/train_s"] = times["time/train_s"]
     return row
 
@@ -450,7 +452,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"rl: resumed from {ckpt} at step {state['step']}")
     log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
     nonfinite = NonFinite("rl", run.max_nonfinite_steps, state)
-    trained, opt = dist.prepare(policy, opt)  # the engine's wrapper (DDP / FSDP) when launched on several ranks
+    # the engine's wrapper (DDP / FSDP) when launched on several ranks; FSDP loads the optimizer state here
+    trained, opt = dist.prepare(policy, opt, ckpt, recipe, "rl")
     sampling = {"prompt_ids": lambda exs: encode_prompts(tokenizer, exs, recipe.prompt),
                 "sampling": SamplingParams(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,

@@ -74,10 +74,10 @@ def build_scheduler(optimizer, schedule: str, total_steps: int, warmup: float, m
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def assert_finite(model: torch.nn.Module, where: str) -> None:
-    """Raise FloatingPointError naming the first parameter holding NaN or inf (called before every save,
-    so a checkpoint never holds one)."""
-    for name, p in model.named_parameters():
+def assert_finite(model: torch.nn.Module | dict[str, torch.Tensor], where: str) -> None:
+    """Raise FloatingPointError naming the first parameter (of a model, or of a {name: tensor} state dict)
+    holding NaN or inf (called before every save, so a checkpoint never holds one)."""
+    for name, p in model.items() if isinstance(model, dict) else model.named_parameters():
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"{where}: parameter {name} holds NaN or inf; not saving it")
 
@@ -86,14 +86,18 @@ def save_on_main(stage: Path, model: torch.nn.Module, tokenizer, state: dict, wh
                  scheduler=None, generators: dict | None = None, extra: dict | None = None,
                  name: str | None = None) -> Path:
     """`save_checkpoint` on rank 0 only, never of a non-finite model (`where` names the stage in that error),
-    then wait for it on every rank. Returns the checkpoint's path on every rank."""
+    then wait for it on every rank. Returns the checkpoint's path on every rank. Under FSDP every rank first
+    takes part in gathering the full weights and optimizer state, which rank 0 writes as one process would."""
     from .distributed import current
 
     dist = current()
+    weights = optim = None
+    if dist.sharded:
+        weights, optim = dist.full_state(model, optimizer)
     if dist.is_main:
-        assert_finite(model, f"{where} step {state['step']}")
+        assert_finite(model if weights is None else weights, f"{where} step {state['step']}")
         save_checkpoint(stage, state["step"], model, tokenizer, state, optimizer, scheduler, generators, extra,
-                        name=name)
+                        name=name, weights=weights, optimizer_state=optim)
     dist.barrier()
     return checkpoint_path(stage, state["step"], name)
 

@@ -140,7 +140,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
         console.print(f"sft: resumed from {ckpt} at step {state['step']}")
     log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
     nonfinite = NonFinite("sft", run.max_nonfinite_steps, state)
-    trained, opt = dist.prepare(model, opt)  # the engine's wrapper (DDP / FSDP) when launched on several ranks
+    # the engine's wrapper (DDP / FSDP) when launched on several ranks; FSDP loads the optimizer state here
+    trained, opt = dist.prepare(model, opt, ckpt, recipe, "sft")
     console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packed={pack}, device={device}"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
 

@@ -62,6 +62,26 @@ def test_guess_dialogues_tokenize_like_a_multiturn_conversation():
         assert ids.count(tok.convert_tokens_to_ids("<|user|>")) == len(turns)  # role markers stay single tokens
 
 
+@pytest.mark.parametrize("history,other", [(0, "random"), (3, "random"), (3, "low")])
+def test_guess_imperfect_teacher_on_train_only(history, other):
+    exact = build_task("guess", {"low": 1, "high": 16, "history": history})
+    mixed = build_task("guess", {"low": 1, "high": 16, "history": history, "bisect": 0.5, "other_guess": other})
+    train, perfect = mixed.examples("train", 400, 0), exact.examples("train", 400, 0)
+    if not history:  # the same states in the same order, only the teacher's turn changes
+        assert [e.prompt for e in train] == [e.prompt for e in perfect]
+    mid = [e.answer == str((e.meta["lo"] + e.meta["hi"]) // 2) for e in train]
+    assert 0.5 <= sum(mid) / len(mid) <= 0.7  # half bisect, the other half is random (some land on the midpoint)
+    assert all(e.meta["lo"] <= int(e.answer) <= e.meta["hi"] for e in train)
+    if other == "low":  # a linear scan: every turn that does not bisect names the interval's low end
+        assert all(e.answer == str(e.meta["lo"]) for e, m in zip(train, mid) if not m)
+    assert all(e.solution == f"{e.meta['lo']} to {e.meta['hi']}" for e in train)
+    assert mixed.examples("val", 30, 0) == exact.examples("val", 30, 0)  # verify still scores the midpoint
+    with pytest.raises(ValueError, match="bisect"):
+        build_task("guess", {"bisect": 1.5})
+    with pytest.raises(ValueError, match="other_guess"):
+        build_task("guess", {"other_guess": "high"})
+
+
 def test_safe_eval_accepts_arithmetic_only():
     assert safe_eval("(3+4)*12 - 2**3") == 76 and safe_eval("7 // 2") == 3 and safe_eval("-1.5") == -1.5
     for bad in ["__import__('os')", "a+1", "2**1000", "1/0", "[1]", "(lambda: 1)()", "9**9**9", "1e300*1e300"]:

@@ -27,6 +27,13 @@ shared prefill and the shrinking batch give ~2.2-2.8× (dynamic) and ~2.0-2.3× 
 Sampling semantics (temperature 0 = greedy, top-k/top-p order and ties, stop strings, logprobs) are
 those documented in `coldstart.rollout.base`. The model is put in eval mode and inference mode for
 the call and its training flag restored afterwards.
+
+A model sharded by FSDP2 (`coldstart.distributed.is_sharded`) gathers its weights from every rank in each
+forward pass, so every rank must make the same passes while each rank's rows end at their own lengths.
+For such a model the loop goes on until every rank's rows have ended (one all-reduce of a "done" flag per
+step; a rank whose rows have all ended keeps decoding them and discards the tokens) and runs under
+`no_grad` (FSDP2 cannot reuse weights gathered under inference mode for training). The outputs are those
+of the unsharded loop; other models take exactly the unsharded path.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, StaticCache
 
+from ..distributed import current, is_sharded
 from ..types import Rollouts
 from .base import (
     SamplingParams,
@@ -139,9 +147,11 @@ class TorchSampler:
                               generator_for(params, generator, device), device)
         was_training = model.training
         model.eval()
+        sharded = is_sharded(model)
         try:
-            with torch.inference_mode():
-                ids, logprobs, lengths, ended = self._generate(model, prompt_ids, prompt_mask, params, noise)
+            with torch.no_grad() if sharded else torch.inference_mode():
+                ids, logprobs, lengths, ended = self._generate(model, prompt_ids, prompt_mask, params, noise,
+                                                               sharded)
         finally:
             model.train(was_training)
         # clones leave inference mode: the trainer may save these for backward or edit them in place
@@ -152,10 +162,10 @@ class TorchSampler:
             completion_ids=ids, completion_mask=torch.arange(ids.shape[1], device=device) < lengths[:, None],
             logprobs=logprobs, truncated=~ended, texts=decode_texts(self.tokenizer, ids, lengths, params.stop))
 
-    def _generate(self, model, prompt_ids, prompt_mask, params, noise):
+    def _generate(self, model, prompt_ids, prompt_mask, params, noise, sharded: bool = False):
         """Prefill, decode, assemble; noise (N, T) holds each row's uniform draws. Returns completion ids
         (N, T), logprobs (N, T), lengths (N,) and ended (N,) bool (eos or stop produced), with pad / 0 past
-        each row's length."""
+        each row's length. `sharded`: the model is FSDP-sharded, decode until every rank is done."""
         n, T = params.n, params.max_new_tokens
         B, P = prompt_ids.shape
         N, device = B * n, prompt_ids.device
@@ -186,9 +196,11 @@ class TorchSampler:
                 live.done |= finished
                 if bool(live.done.all()):
                     steps = t + 1
-                    break
-                live = self._maybe_shrink(live, cache, out)
-            if t == T - 1:
+                    if not sharded:  # sharded: decode the ended rows (tokens discarded) until every rank is done
+                        break
+                else:
+                    live = self._maybe_shrink(live, cache, out)
+            if t == T - 1 or (sharded and current().all_done(bool(live.done.all()), device)):
                 break
             feed = live.ids[:, t : t + 1]
             mask_now = live.mask if self.cache == "static" else live.mask[:, : P + t + 1]

@@ -17,11 +17,13 @@ In multi-turn RL the environment plays the game on from the example's state agai
 turns to the answer is the metric (`turns/mean`).
 
 With `bisect: p < 1` the train split's teacher is imperfect: its turn is the midpoint with probability p and
-otherwise a uniformly random number of the interval (the rationale stays `lo to hi`), so a cold start on it
-learns both strategies and RL can learn to prefer the one that needs fewer turns. The val and test answers are
+otherwise `other_guess`: `low`, the interval's low end (a linear scan), or `random`, a uniformly random number
+of it (the rationale stays `lo to hi`). A cold start on it learns both strategies, and RL can learn to prefer
+the one that needs fewer turns. The val and test answers are
 always the midpoint, which `verify` scores.
 
-Options: low, high (the full range, default 1..32), history, bisect (default 1.0), val_frac, test_frac. States
+Options: low, high (the full range, default 1..32), history, bisect (default 1.0), other_guess (default low),
+val_frac, test_frac. States
 are split by the hash of `lo:hi:secret`, dialogues by the hash of their prompt and secret.
 """
 
@@ -40,7 +42,8 @@ class GuessOptions:
     low: int = 1
     high: int = 32
     history: int = 3  # earlier turns in a dialogue example (0: single states)
-    bisect: float = 1.0  # train split only: probability that the teacher's turn is the midpoint, else random
+    bisect: float = 1.0  # train split only: probability that the teacher's turn is the midpoint
+    other_guess: str = "low"  # the teacher's turn otherwise: low (the interval's low end) | random (uniform)
     val_frac: float = 0.05
     test_frac: float = 0.1
 
@@ -76,10 +79,11 @@ class GuessTask:
         return [self._teach(make_example(lo, hi, s, o.low, o.high), split, rng) for lo, hi, s in pool[:n]]
 
     def _teach(self, ex: Example, split: str, rng) -> Example:
-        """The example with the teacher's turn: on the train split a random guess with probability 1 - bisect."""
+        """The example with the teacher's turn: on the train split `other_guess` with probability 1 - bisect."""
         if split != "train" or self.options.bisect >= 1.0 or rng.random() < self.options.bisect:
             return ex
-        guess = rng.randint(int(ex.meta["lo"]), int(ex.meta["hi"]))
+        lo, hi = int(ex.meta["lo"]), int(ex.meta["hi"])
+        guess = lo if self.options.other_guess == "low" else rng.randint(lo, hi)
         return Example(ex.prompt, str(guess), ex.solution, ex.meta)
 
     def _dialogues(self, split: str, n: int, seed: int) -> list[Example]:
@@ -117,11 +121,13 @@ class GuessTask:
 
 
 def build(options: dict | None = None, seed: int = 0) -> GuessTask:
-    """Build the guess task from recipe options (low, high, history, bisect, val_frac, test_frac)."""
+    """Build the guess task from recipe options (low, high, history, bisect, other_guess, val_frac, test_frac)."""
     o = parse_options(GuessOptions, options, "guess")
     if o.low > o.high:
         raise ValueError(f"guess: option low must be <= high, got {o.low} > {o.high}")
     if not 0.0 <= o.bisect <= 1.0:
         raise ValueError(f"guess: option bisect must be in [0, 1], got {o.bisect}")
+    if o.other_guess not in ("low", "random"):
+        raise ValueError(f"guess: option other_guess must be low or random, got {o.other_guess!r}")
     check_fracs("guess", o.val_frac, o.test_frac)
     return GuessTask(o, seed)
