@@ -46,8 +46,6 @@ from .algorithms import (
     prefix_lengths,
     prefix_rft_advantage,
     splice_prefix,
-    token_entropy,
-    token_logprobs,
     value_loss,
 )
 from .checkpoint import finalize_stage, load_trainer_state
@@ -55,6 +53,7 @@ from .config import Recipe, RLConfig
 from .curriculum import curriculum_pool, record_rewards
 from .distributed import current, merge_rows
 from .evaluate import encode_prompts
+from .logprobs import sequence_logprobs
 from .models import eos_ids, is_lora, load_model
 from .multiturn import Turns, build_multiturn, credit_advantages
 from .pipeline import open_stage
@@ -100,26 +99,6 @@ def score(reward_fn, examples: list[Example], ro: Rollouts, group_size: int) -> 
         columns[key] = [e.meta.get(key) for e in rows]
     result = reward_fn([e.prompt for e in rows], ro.texts, **columns)
     return torch.tensor(result.total, dtype=torch.float32), result
-
-
-def sequence_logprobs(model, ro: Rollouts, temperature: float, value_head=None, need_entropy: bool = False):
-    """Trainer-side log-probs of the completion tokens.
-
-    Returns logp (N, T), entropy (N, T) or None, values (N, T) or None (value head on the last hidden state).
-    """
-    ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
-    # Every completion position is attended: multi-turn observation tokens (completion_mask False) were seen by
-    # the sampler; right padding comes after every real token, so causality already hides it.
-    mask = torch.cat([ro.prompt_mask, torch.ones_like(ro.completion_mask)], 1).long()
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                output_hidden_states=value_head is not None)
-    P, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
-    logits = out.logits[:, P - 1 : P + T - 1].float() / max(temperature, 1e-5)
-    logp = token_logprobs(logits, ro.completion_ids)
-    ent = token_entropy(logits) if need_entropy else None
-    values = value_head(out.hidden_states[-1][:, P - 1 : P + T - 1].float()).squeeze(-1) if value_head else None
-    return logp, ent, values
 
 
 def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params, gen, seed, times):
