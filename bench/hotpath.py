@@ -3,13 +3,14 @@
     python bench/hotpath.py [--sizes 0.5M 20M] [--repeats 7] [--threads 2]
 
 On one RL-shaped rollout batch (16 prompts × 8 completions × up to 32 new tokens, sampled by TorchSampler
-from a tiny Qwen2) it times the trainer side of one micro-step, `coldstart.rl.sequence_logprobs` →
+from a tiny Qwen2) it times the trainer side of one micro-step, `coldstart.logprobs.sequence_logprobs` →
 `policy_loss` → `backward()`, with coldstart's current functions and with each variant below, interleaved
 (A B A B), and checks that the variant gives the same log-probs and the same gradients (max abs difference).
 Nothing in coldstart is edited: the variants live in this file.
 
-    current      rl.sequence_logprobs with losses.token_logprobs (one log-softmax per row, N small ops)
-    batched      token_logprobs as one gather − logsumexp over the whole (N, T, V) block
+    current      coldstart.logprobs.sequence_logprobs as it is (each distinct prompt run once, shared prefix)
+    full         the same with the full pass (every row's prompt + completion through the model)
+    batched      the full pass with token_logprobs as one gather − logsumexp over the whole (N, T, V) block
     batched+keep also asks the model for the logits of the completion positions only (`logits_to_keep`),
                  skipping the LM head on prompt positions, and skips the divide when temperature is 1
 """
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rlbench import SIZES, ColdstartArm, Setup, make_model_folder  # noqa: E402
 
-from coldstart import rl  # noqa: E402
+from coldstart import logprobs  # noqa: E402
 from coldstart.algorithms import policy_loss  # noqa: E402
 
 
@@ -40,21 +41,26 @@ def batched_token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Ten
 
 def logprobs_current(model, ro, temperature: float) -> torch.Tensor:
     """coldstart's sequence_logprobs as it is."""
-    return rl.sequence_logprobs(model, ro, temperature)[0]
+    return logprobs.sequence_logprobs(model, ro, temperature)[0]
+
+
+def logprobs_full(model, ro, temperature: float) -> torch.Tensor:
+    """sequence_logprobs with the full pass (no shared prefix)."""
+    return logprobs.sequence_logprobs(model, ro, temperature, shared=False)[0]
 
 
 def logprobs_batched(model, ro, temperature: float) -> torch.Tensor:
-    """rl.sequence_logprobs as it is, with batched_token_logprobs in place of losses.token_logprobs."""
-    saved = rl.token_logprobs
-    rl.token_logprobs = batched_token_logprobs
+    """The full pass with batched_token_logprobs in place of losses.token_logprobs."""
+    saved = logprobs.token_logprobs
+    logprobs.token_logprobs = batched_token_logprobs
     try:
-        return rl.sequence_logprobs(model, ro, temperature)[0]
+        return logprobs.sequence_logprobs(model, ro, temperature, shared=False)[0]
     finally:
-        rl.token_logprobs = saved
+        logprobs.token_logprobs = saved
 
 
 def logprobs_keep(model, ro, temperature: float) -> torch.Tensor:
-    """A copy of rl.sequence_logprobs (same inputs, same mask) that asks the model for the logits of the
+    """A copy of the full pass of sequence_logprobs (same inputs, same mask) that asks the model for the logits of the
     completion positions only and uses batched_token_logprobs; the Δ columns check it against the original."""
     ids = torch.cat([ro.prompt_ids, ro.completion_ids], 1)
     mask = torch.cat([ro.prompt_mask, torch.ones_like(ro.completion_mask)], 1).long()
@@ -68,7 +74,8 @@ def logprobs_keep(model, ro, temperature: float) -> torch.Tensor:
     return batched_token_logprobs(logits, ro.completion_ids)
 
 
-VARIANTS = {"current": logprobs_current, "batched": logprobs_batched, "batched+keep": logprobs_keep}
+VARIANTS = {"current": logprobs_current, "full": logprobs_full, "batched": logprobs_batched,
+            "batched+keep": logprobs_keep}
 
 
 def rollout_batch(size: str, out: Path):
