@@ -37,15 +37,10 @@ from .algorithms import (
     clip_range,
     expand_groups,
     gae,
-    interleave_groups,
     kl_penalty,
     outcome_token_rewards,
     pad_select,
     policy_loss,
-    prefix_fraction,
-    prefix_lengths,
-    prefix_rft_advantage,
-    splice_prefix,
     value_loss,
 )
 from .checkpoint import finalize_stage, load_trainer_state
@@ -59,9 +54,9 @@ from .multiturn import Turns, build_multiturn, credit_advantages
 from .pipeline import open_stage
 from .prompts import render_target
 from .rewards import build_reward
+from .rl_prefix import prefix_advantage, sample_with_prefix
 from .rl_support import evaluate_val, prefilter_pool, warn_flat
 from .rollout import SamplingParams, build_sampler
-from .rollout.base import decode_texts, max_positions
 from .rollout_utils import cat_rollouts, select_rows
 from .runtime import MetricsLog, NonFinite, Timer, build_optimizer, build_scheduler, console, progress, save_on_main
 from .temperature import pick_temperature
@@ -118,7 +113,7 @@ def sample_batch(policy, sampler, reward_fn, pool, state, cfg: RLConfig, params,
             elif cfg.prefix_rft is None:
                 ro = sampler.sample(policy, params["prompt_ids"](examples), params["sampling"], gen, seeds)
             else:
-                ro = _sample_with_prefix(policy, sampler, examples, params, gen, state, cfg, seeds)
+                ro = sample_with_prefix(policy, sampler, examples, params, gen, state, cfg, seeds)
         times["tokens"] = times.get("tokens", 0) + int(ro.lengths.sum())
         with Timer(times, "time/reward_s"):
             if cfg.env is None:
@@ -151,47 +146,6 @@ def prompt_seed(seed: int, position: int) -> int:
     """The sampling seed of the prompt at `position` of the run's prompt stream: a prompt's completions
     do not depend on the batch, the process or the number of processes that samples it."""
     return (seed * 1_000_003 + position) * 2_654_435_761 % (1 << 62)
-
-
-def _sample_with_prefix(policy, sampler, examples, params, gen, state, cfg: RLConfig, seeds=None) -> Rollouts:
-    """Prefix-RFT (§11, coldstart.algorithms.prefix): per prompt G−k on-policy rollouts and k hybrids that
-    continue the scheduled prefix of its demonstration; the prefix tokens' old log-probs are the policy's own
-    (a no-grad forward pass), not the sampler's. `seeds` (one per prompt) seed both calls, the hybrids'
-    shifted so their draws differ from the on-policy rows'."""
-    pr, G, sp = cfg.prefix_rft, cfg.group_size, params["sampling"]
-    if not 1 <= pr.per_group < G:
-        raise ValueError(f"rl.prefix_rft.per_group={pr.per_group} must be in [1, group_size={G})")
-    prompts, demos, pad = params["prompt_ids"](examples), params["demo_ids"](examples), sampler.tokenizer.pad_token_id
-    frac = prefix_fraction(state["step"], cfg.steps, pr.start, pr.end, pr.schedule)
-    lens = prefix_lengths([len(d) for d in demos], frac, sp.max_new_tokens)
-    on = sampler.sample(policy, prompts, dataclasses.replace(sp, n=G - pr.per_group), gen, seeds)
-    starts = [p + d[:n] for p, d, n in zip(prompts, demos, lens, strict=True)]
-    room = (max_positions(policy) or 1 << 30) - max(map(len, starts))  # the longest start must fit the model
-    cont = sampler.sample(policy, starts, dataclasses.replace(
-        sp, n=pr.per_group, max_new_tokens=max(1, min(sp.max_new_tokens - min(lens), room))), gen,
-        None if seeds is None else [(s * 31 + 7) % (1 << 62) for s in seeds])
-    hyb = splice_prefix(cont, torch.tensor(lens).repeat_interleave(pr.per_group), sp.max_new_tokens, pad,
-                        lambda ids, n: decode_texts(sampler.tokenizer, ids, n, sp.stop))
-    with torch.no_grad():
-        hyb.logprobs = torch.where(hyb.prefix_mask, sequence_logprobs(policy, hyb, cfg.temperature)[0], hyb.logprobs)
-    return interleave_groups(on, hyb, G - pr.per_group, pr.per_group, pad)
-
-
-def _prefix_advantage(policy, ro: Rollouts, scores, adv, cfg: RLConfig, row: dict) -> torch.Tensor:
-    """Prefix-RFT's advantage on the prefix tokens (algorithms.prefix.prefix_rft_advantage), with the
-    policy's entropy at sampling time (it has not been updated since) from a no-grad pass over the hybrids."""
-    if ro.prefix_mask is None:
-        raise ValueError("rl.prefix_rft applies to single-turn rollouts; unset it or rl.env")
-    hybrid = ro.prefix_mask.any(1)
-    entropy = torch.zeros_like(adv)
-    if hybrid.any():
-        with torch.no_grad():
-            ent = sequence_logprobs(policy, select_rows(ro, hybrid), cfg.temperature, need_entropy=True)[1]
-        entropy[hybrid, : ent.shape[1]] = ent
-    adv, metrics = prefix_rft_advantage(adv, scores, ro.prefix_mask, entropy, cfg.group_size,
-                                        entropy_top=cfg.prefix_rft.entropy_top, std_normalize=cfg.advantage == "grpo")
-    row.update(metrics)
-    return adv
 
 
 def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values, cfg: RLConfig,
@@ -336,7 +290,7 @@ def rl_step(policy, ref, value_head, opt, sampler, reward_fn, pool, state, recip
             adv, credit_metrics = credit_advantages(adv, sampling["turns"], cfg.turn_credit, cfg.turn_gamma)
             row.update(credit_metrics)
         if cfg.prefix_rft is not None:  # prefix tokens: their own advantage, only the high-entropy ones
-            adv = _prefix_advantage(policy, ro, scores, adv, cfg, row)
+            adv = prefix_advantage(policy, ro, scores, adv, cfg, row)
         if cfg.filter == "pad":  # ReVisual-R1 PAD: a prioritised subset of the sequences goes into the loss
             ro, adv, returns, values = _pad(ro, adv, returns, values, state["step"], recipe, row,
                                             sampling["generator"])

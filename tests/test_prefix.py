@@ -21,8 +21,9 @@ from coldstart.algorithms import (
     splice_prefix,
 )
 from coldstart.cli import main
+from coldstart.logprobs import sequence_logprobs
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl import _sample_with_prefix, sequence_logprobs
+from coldstart.rl_prefix import sample_with_prefix
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.rollout_utils import cat_rollouts, select_rows
 from coldstart.types import Rollouts
@@ -189,7 +190,7 @@ def test_sample_with_prefix_builds_hybrid_groups_with_policy_logprobs():
     params = {"prompt_ids": lambda exs: tok(exs, add_special_tokens=False).input_ids,
               "demo_ids": lambda exs: tok([demos[e] for e in exs], add_special_tokens=False).input_ids,
               "sampling": SamplingParams(n=3, max_new_tokens=12, eos_ids=[tok.eos_token_id])}
-    ro = _sample_with_prefix(model, TorchSampler(tok), ["1+1", "22+3"], params, torch.Generator().manual_seed(1),
+    ro = sample_with_prefix(model, TorchSampler(tok), ["1+1", "22+3"], params, torch.Generator().manual_seed(1),
                              {"step": 0}, cfg)
     assert ro.completion_ids.shape[0] == 6 and ro.prefix_mask.any(1).tolist() == [F_, F_, T_, F_, F_, T_]
     for row, demo in ((2, "<think>1+1=2</think>"), (5, "<answer>25</answer>")):
@@ -205,7 +206,7 @@ def test_sample_with_prefix_builds_hybrid_groups_with_policy_logprobs():
     assert torch.allclose(ro.logprobs[ro.prefix_mask], logp[ro.prefix_mask], atol=1e-5)
     assert torch.allclose(ro.logprobs[m], logp[m], atol=1e-4)  # T=1, no top-p: the sampler agrees too
     with pytest.raises(ValueError, match="per_group"):
-        _sample_with_prefix(model, TorchSampler(tok), ["1+1"], params, None, {"step": 0},
+        sample_with_prefix(model, TorchSampler(tok), ["1+1"], params, None, {"step": 0},
                             cfg.model_copy(update={"prefix_rft": cfg.prefix_rft.model_copy(update={"per_group": 3})}))
 
 
