@@ -22,19 +22,22 @@ STEPS = ["sft.max_steps=6", "sft.batch_size=7", "sft.eval_every=3", "rl.steps=3"
          "rl.group_size=4", "rl.micro_batch_size=3", "rl.filter=dynamic", "rl.save_every=2", "run.stages=[sft, rl]"]
 
 
-def launch(args: list[str], processes: int) -> None:
+def launch(args: list[str], processes: int, config: str | None = None, port: int = 29533, timeout: int = 600) -> str:
     """`accelerate launch --multi_gpu --num_processes N -m coldstart ARGS` (on CPU, --multi_gpu selects
-    torch.distributed's launcher and accelerate picks gloo); a single process runs the CLI directly."""
+    torch.distributed's launcher and accelerate picks gloo), or with `--config_file CONFIG` instead of the
+    DDP flags; a single process runs the CLI directly. Returns stderr (rank 0's console)."""
     if processes == 1:
         cmd = [sys.executable, "-m", "coldstart", *args]
     else:
         accelerate = shutil.which("accelerate") or pytest.fail("accelerate's launcher is not on PATH")
-        cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", "-m",
-               "coldstart", *args]
+        engine = (["--config_file", config] if config else
+                  ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"])
+        cmd = [accelerate, "launch", *engine, "--num_processes", str(processes), "--num_machines", "1",
+               "--main_process_port", str(port), "-m", "coldstart", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stderr
 
 
 def weights(folder) -> dict[str, torch.Tensor]:

@@ -10,19 +10,16 @@ are done."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from coldstart.checkpoint import latest_checkpoint, read_optimizer_state
 from coldstart.config import Recipe
 from coldstart.distributed import check_fsdp_plugin, fsdp_refusals
 from coldstart.rollout import SamplingParams, TorchSampler
+from tests.test_distributed import launch as launch_engine
+from tests.test_distributed import metrics, weights
 
 RECIPE = "recipes/demo.yaml"
 CONFIG = "recipes/accelerate/fsdp.yaml"
@@ -34,20 +31,7 @@ STEPS = ["sft.max_steps=6", "sft.batch_size=7", "sft.eval_every=3", "rl.steps=3"
 def launch(args: list[str], processes: int) -> str:
     """`accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes N -m coldstart ARGS`, or
     the CLI in this interpreter for one process; returns stderr (rank 0's console)."""
-    if processes == 1:
-        cmd = [sys.executable, "-m", "coldstart", *args]
-    else:
-        accelerate = shutil.which("accelerate") or pytest.fail("accelerate's launcher is not on PATH")
-        cmd = [accelerate, "launch", "--config_file", CONFIG, "--num_processes", str(processes), "--num_machines",
-               "1", "--main_process_port", "29547", "-m", "coldstart", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stderr
-
-
-def metrics(folder) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return launch_engine(args, processes, config=CONFIG, port=29547, timeout=300)
 
 
 @pytest.mark.slow
@@ -61,7 +45,7 @@ def test_fsdp_two_processes_match_one_in_sft_and_rl_and_resume(tmp_path, tiny_ov
     assert "resumed from" in log and "rl: FSDP2 shards" in log, log[-2000:]
 
     for stage in ("sft", "rl"):
-        a, b = (load_file(str(d / stage / "model.safetensors")) for d in (one, two))
+        a, b = (weights(d / stage) for d in (one, two))
         assert a.keys() == b.keys()  # a normal HF folder: the tied lm_head is not saved twice
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=0, msg=f"{stage}: {k}")
