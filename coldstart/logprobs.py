@@ -16,12 +16,11 @@ checked once per model (other architectures or caches that do not support it fal
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache
 
 from .algorithms import token_entropy, token_logprobs
+from .rollout.torch_sampler import cached_forward
 from .types import Rollouts
 
 _PROBE_TOL = {torch.float32: 1e-3, torch.float64: 1e-6}  # other dtypes (bf16, fp16): 5e-2
@@ -83,29 +82,13 @@ def _shared_prefix_logits(model, ro: Rollouts, first: torch.Tensor, inverse: tor
     P, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
     p_ids, p_mask = ro.prompt_ids[first], ro.prompt_mask[first].long()
     p_pos = (p_mask.cumsum(1) - 1).clamp(min=0)
-    cache_kw, keep_kw = _forward_kwargs(model)
     cache = DynamicCache(config=getattr(model, "config", None))
-    keep = {"logits_to_keep": 1} if keep_kw else {}
-    last = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, **{cache_kw: cache},
-                 **keep).logits[:, -1:]
+    last = cached_forward(model, p_ids, p_mask, p_pos, cache, last_only=True)[:, -1:]
     cache.reorder_cache(inverse)
     mask = torch.cat([ro.prompt_mask, torch.ones_like(ro.completion_mask)], 1).long()
     pos = (mask.cumsum(1) - 1).clamp(min=0)[:, P : P + T - 1]
-    rest = model(input_ids=ro.completion_ids[:, : T - 1], attention_mask=mask[:, : P + T - 1], position_ids=pos,
-                 use_cache=True, **{cache_kw: cache}).logits
+    rest = cached_forward(model, ro.completion_ids[:, : T - 1], mask[:, : P + T - 1], pos, cache, last_only=False)
     return torch.cat([last[inverse], rest], 1)
-
-
-_KWARGS: dict[type, tuple[str, bool]] = {}
-
-
-def _forward_kwargs(model) -> tuple[str, bool]:
-    """(the forward's cache keyword, whether it takes `logits_to_keep`), per model class."""
-    kind = type(model)
-    if kind not in _KWARGS:
-        names = inspect.signature(model.forward).parameters
-        _KWARGS[kind] = ("cache" if "cache" in names else "past_key_values", "logits_to_keep" in names)
-    return _KWARGS[kind]
 
 
 def shared_prefix_ok(model) -> bool:

@@ -171,7 +171,7 @@ class TorchSampler:
         N, device = B * n, prompt_ids.device
         cache = self._new_cache(model, P + T)
         pos = (prompt_mask.long().cumsum(-1) - 1).clamp_(min=0)
-        logits = _forward(model, prompt_ids, prompt_mask.long(), pos, cache, last_only=True)[:, -1]
+        logits = cached_forward(model, prompt_ids, prompt_mask.long(), pos, cache, last_only=True)[:, -1]
         repeat = torch.arange(B, device=device).repeat_interleave(n)
         if n > 1:
             cache.reorder_cache(repeat)
@@ -204,7 +204,7 @@ class TorchSampler:
                 break
             feed = live.ids[:, t : t + 1]
             mask_now = live.mask if self.cache == "static" else live.mask[:, : P + t + 1]
-            logits = _forward(model, feed, mask_now, live.pos, cache, last_only=False)[:, -1]
+            logits = cached_forward(model, feed, mask_now, live.pos, cache, last_only=False)[:, -1]
             live.pos += 1
         _flush(live, out)
         ids, logprobs = out[0][:, :steps], out[1][:, :steps]
@@ -275,9 +275,11 @@ def _flush(live: _Live, out: tuple[torch.Tensor, torch.Tensor]) -> None:
 _FORWARD_KW: dict[type, tuple[str, bool]] = {}
 
 
-def _forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache, last_only: bool) -> torch.Tensor:
+def cached_forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache,
+                   last_only: bool) -> torch.Tensor:
     """One forward pass through `cache`: ids (A, S), mask (A, L), pos (A, S) → logits (A, S', V), S' = 1
-    when last_only and the model supports `logits_to_keep`, else S."""
+    when last_only and the model supports `logits_to_keep`, else S. Also the trainer's shared-prefix pass
+    (coldstart.logprobs), which keeps the autograd graph through the cache."""
     kind = type(model)
     if kind not in _FORWARD_KW:
         names = inspect.signature(model.forward).parameters
