@@ -80,22 +80,93 @@ def train_flops(model, batch: int, seq: int) -> float:
     return 3 * batch * (2 * linear_weights(model) * seq + attn)
 
 
-def time_training(model, device, batch: int, seq: int, warmup: int, steps: int) -> list[float]:
-    """Seconds of each timed training step (forward, backward, AdamW step, zero_grad)."""
+def hf_step(model, opt, ids: torch.Tensor) -> None:
+    """The plain Hugging Face step: model(labels=...).loss (bf16 logits), backward, AdamW."""
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def coldstart_step(model, opt, ids: torch.Tensor, pack: bool) -> None:
+    """coldstart's SFT step (`sft.train_step`: fp32 masked loss, gradient clipping), then AdamW. Each row is
+    one sequence whose first token is its prompt, so every other token is a label, as in `hf_step`."""
+    from coldstart.distributed import current
+    from coldstart.sft import Encoded, train_step
+
+    batch = [Encoded(row, 1) for row in ids.tolist()]
+    loss, _, norm = train_step(model, opt, batch, pack, 0, ids.device, 1.0, current())
+    if loss is None or norm is None:
+        raise RuntimeError("coldstart_step: non-finite loss or gradient")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def time_training(model, device, batch: int, seq: int, warmup: int, steps: int, variant: str) -> list[float]:
+    """Seconds of each timed training step of `variant` (hf | pad | pack): forward, backward, AdamW step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     ids = torch.randint(3, model.config.vocab_size, (batch, seq), device=device)
     times = []
     for i in range(warmup + steps):
         sync(device)
         start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        if variant == "hf":
+            hf_step(model, opt, ids)
+        else:
+            coldstart_step(model, opt, ids, pack=variant == "pack")
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     del opt
+    return times
+
+
+def compile_blocks(model) -> int:
+    """torch.compile every decoder block in place (per-block compile, as torchtitan does); returns how many."""
+    layers = model.model.layers
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def rl_pass_flops(model, rows: int, groups: int, prompt: int, new: int, shared: bool) -> float:
+    """FLOPs of one forward + backward of the RL log-prob pass: every row's prompt and completion, or (shared)
+    each distinct prompt once plus every completion attending to its prompt."""
+    cfg, w = model.config, linear_weights(model)
+    per_tok = 4 * cfg.num_hidden_layers * cfg.hidden_size  # attention FLOPs per (query, key) pair, forward
+
+    def seqs(n: int, length: int) -> float:
+        return n * (2 * w * length + per_tok * length * (length + 1) / 2)
+
+    if not shared:
+        return 3 * seqs(rows, prompt + new)
+    tail = rows * (2 * w * new + per_tok * (new * prompt + new * (new + 1) / 2))
+    return 3 * (seqs(groups, prompt) + tail)
+
+
+def time_rl_pass(model, device, groups: int, size: int, prompt: int, new: int, warmup: int, steps: int,
+                 shared: bool) -> list[float]:
+    """Seconds of forward + backward of coldstart's `sequence_logprobs` on groups × size rows sharing
+    `groups` distinct prompts (the RL loss pass), shared-prefix pass on or off."""
+    from coldstart.logprobs import sequence_logprobs
+    from coldstart.types import Rollouts
+
+    rows = groups * size
+    prompts = torch.randint(3, model.config.vocab_size, (groups, prompt), device=device).repeat_interleave(size, 0)
+    ro = Rollouts(prompt_ids=prompts, prompt_mask=torch.ones_like(prompts, dtype=torch.bool),
+                  completion_ids=torch.randint(3, model.config.vocab_size, (rows, new), device=device),
+                  completion_mask=torch.ones(rows, new, dtype=torch.bool, device=device),
+                  logprobs=torch.zeros(rows, new, device=device),
+                  truncated=torch.zeros(rows, dtype=torch.bool, device=device), texts=[""] * rows)
+    times = []
+    for i in range(warmup + steps):
+        sync(device)
+        start = time.perf_counter()
+        logp, _, _ = sequence_logprobs(model, ro, 1.0, shared=shared)
+        (-logp.mean()).backward()
+        model.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     return times
 
 
@@ -153,22 +224,33 @@ def card_peak(device) -> tuple[str, float | None]:
     return name, next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
+def row(name: str, value: str) -> None:
+    """One table row, printed at once (a run cut short keeps what it measured)."""
+    print(f"| {name} | {value} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Build the model, measure training MFU and sampling throughput, print one table."""
+    """Build the model, measure training MFU (several variants) and sampling throughput, print one table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny config on the CPU: a seconds-long check of this path")
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--sample-batch", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--rl-groups", type=int, default=4, help="distinct prompts of the RL pass (x 8 completions)")
+    p.add_argument("--rl-prompt", type=int, default=512)
+    p.add_argument("--rl-new", type=int, default=512)
+    p.add_argument("--compile-budget", type=float, default=200.0,
+                   help="skip the compiled variants when this many seconds have already passed")
     args = p.parse_args(argv)
     if args.tiny:
         args.batch, args.seq, args.warmup, args.steps = 2, 64, 1, 2
         args.sample_batch, args.prompt_len, args.new, args.repeats = 4, 8, 8, 1
+        args.rl_groups, args.rl_prompt, args.rl_new = 2, 8, 8
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if device.type == "cpu" and not args.tiny:
         p.error("no CUDA device: the 0.5B measurement needs a GPU (use --tiny to check the code path on the CPU)")
@@ -179,34 +261,76 @@ def main(argv: list[str] | None = None) -> None:
     shape = TINY if args.tiny else FULL
     name, spec = card_peak(device)
     t0 = time.perf_counter()
-    model, attn = build_model(shape, device, dtype, max(args.seq, args.prompt_len + args.new))
+    model, attn = build_model(shape, device, dtype, max(args.seq, args.prompt_len + args.new,
+                                                        args.rl_prompt + args.rl_new))
     params = sum(q.numel() for q in model.parameters())
-    measured = matmul_peak(device, dtype, 256 if args.tiny else 8192)
-    train = time_training(model.train(), device, args.batch, args.seq, args.warmup, args.steps)
-    flops = train_flops(model, args.batch, args.seq)
-    step = statistics.median(train)
-    rates = time_sampling(model.eval(), device, args.sample_batch, args.prompt_len, args.new, args.repeats)
-    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-
     print(f"\n{name}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}"
-          f"{', CUDA ' + torch.version.cuda if device.type == 'cuda' else ''}, attention {attn}, bf16"
+          f"{', CUDA ' + torch.version.cuda if device.type == 'cuda' else ''}, attention {attn}, bf16 weights"
           f"{' (--tiny: CPU code-path check, not a measurement)' if args.tiny else ''}")
     print(f"model: Qwen2 {params / 1e6:.1f}M parameters ({shape}), random init")
-    print("| measurement | value |\n|---|---|")
-    print(f"| dense bf16 peak (spec) | {spec / 1e12:.0f} TFLOP/s |" if spec else "| dense bf16 peak (spec) | unknown |")
-    print(f"| measured bf16 matmul peak | {measured / 1e12:.1f} TFLOP/s |")
-    print(f"| training step ({args.batch} x {args.seq} tokens), median of {args.steps} | {step * 1e3:.1f} ms |")
-    print(f"| training tokens/s | {args.batch * args.seq / step:,.0f} |")
-    print(f"| training TFLOP/s (counted) | {flops / step / 1e12:.1f} |")
-    print(f"| MFU vs spec peak | {flops / step / spec:.1%} |" if spec else "| MFU vs spec peak | n/a |")
-    print(f"| MFU vs measured matmul peak | {flops / step / measured:.1%} |")
-    for k, v in rates.items():
-        print(f"| {k} tokens/s ({args.sample_batch} x {args.new} new, prompt {args.prompt_len}), median "
-              f"| {statistics.median(v):,.0f} |")
-    ratio = statistics.median(rates["TorchSampler"]) / statistics.median(rates["generate"])
-    print(f"| TorchSampler / generate | {ratio:.2f}x |")
-    print(f"| peak GPU memory | {mem:.1f} GiB |")
-    print(f"| wall time of this script | {time.perf_counter() - t0:.0f} s |")
+    print("| measurement | value |\n|---|---|", flush=True)
+    row("dense bf16 peak (spec)", f"{spec / 1e12:.0f} TFLOP/s" if spec else "unknown")
+    measured = matmul_peak(device, dtype, 256 if args.tiny else 8192)
+    row("measured bf16 matmul peak (8192^3)", f"{measured / 1e12:.1f} TFLOP/s")
+
+    def memory() -> str:
+        if device.type != "cuda":
+            return "n/a"
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+        return f"{peak:.1f} GiB"
+
+    flops = train_flops(model, args.batch, args.seq)
+    labels = {"hf": "HF model(labels=...) loss", "pad": "coldstart sft.train_step, padded rows",
+              "pack": "coldstart sft.train_step, packed (the default)"}
+
+    def train(variant: str, suffix: str = "") -> None:
+        step = statistics.median(time_training(model.train(), device, args.batch, args.seq, args.warmup,
+                                               args.steps, variant))
+        mfu = f"{flops / step / spec:.1%} of spec, " if spec else ""
+        row(f"train {args.batch}x{args.seq}: {labels[variant]}{suffix}",
+            f"{step * 1e3:.1f} ms/step, {args.batch * args.seq / step:,.0f} tok/s, {flops / step / 1e12:.1f} "
+            f"TFLOP/s, MFU {mfu}{flops / step / measured:.1%} of measured; peak mem {memory()}")
+
+    for variant in ("hf", "pad", "pack"):
+        try:
+            train(variant)
+        except Exception as exc:  # report and go on: one failed variant must not cost the others
+            row(f"train: {labels[variant]}", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    for shared in (False, True):
+        try:
+            size = 8
+            times = time_rl_pass(model.train(), device, args.rl_groups, size, args.rl_prompt, args.rl_new,
+                                 args.warmup, args.steps, shared)
+            step = statistics.median(times)
+            fl = rl_pass_flops(model, args.rl_groups * size, args.rl_groups, args.rl_prompt, args.rl_new, shared)
+            row(f"RL log-prob pass fwd+bwd ({args.rl_groups}x{size} rows, prompt {args.rl_prompt}, "
+                f"{args.rl_new} new), {'shared-prefix' if shared else 'full'}",
+                f"{step * 1e3:.1f} ms, {args.rl_groups * size * args.rl_new / step:,.0f} completion tok/s, "
+                f"{fl / step / 1e12:.1f} TFLOP/s executed; peak mem {memory()}")
+        except Exception as exc:
+            row(f"RL log-prob pass, shared={shared}", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    try:
+        rates = time_sampling(model.eval(), device, args.sample_batch, args.prompt_len, args.new, args.repeats)
+        for k, v in rates.items():
+            row(f"{k} tokens/s ({args.sample_batch} x {args.new} new, prompt {args.prompt_len}), median",
+                f"{statistics.median(v):,.0f}")
+        ratio = statistics.median(rates["TorchSampler"]) / statistics.median(rates["generate"])
+        row("TorchSampler / generate", f"{ratio:.2f}x; peak mem {memory()}")
+    except Exception as exc:
+        row("sampling", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    if time.perf_counter() - t0 > args.compile_budget:
+        row("compiled variants", f"skipped: {time.perf_counter() - t0:.0f} s had passed")
+    else:
+        try:
+            start = time.perf_counter()
+            compile_blocks(model)
+            train("pad", ", torch.compile per block")
+            row("compile + measure time", f"{time.perf_counter() - start:.0f} s")
+            train("pack", ", torch.compile per block")
+        except Exception as exc:
+            row("compiled variants", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+    row("wall time of this script", f"{time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU check (< 5 min on an H100): training MFU and sampler tokens/s of a ~0.5B Qwen2 built from a
+# One short GPU check (about 4 min on an H200): training MFU and sampler tokens/s of a ~0.5B Qwen2 built from a
 # config (random init, nothing downloaded). Prints a markdown table with the card, date and torch version,
 # and writes it to $OUT/mfu.md when $OUT is set (else runs/gpu/mfu.md).
 #   bash bench/gpu/run.sh           on the GPU machine
@@ -12,6 +12,6 @@ mkdir -p "$out"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/nvidia-smi.csv"
 fi
-python -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+"${PYTHON:-python3}" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'available', torch.cuda.is_available(), 'transformers', transformers.__version__)"
-timeout 280 python bench/gpu/mfu.py "$@" 2>&1 | tee "$out/mfu.md"
+timeout 450 "${PYTHON:-python3}" bench/gpu/mfu.py "$@" 2>&1 | tee "$out/mfu.md"
