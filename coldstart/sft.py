@@ -5,9 +5,13 @@ Each trace is rendered as the chat prompt (prompts.render_prompt) followed by th
 every prompt token. A trace budget (`sft.traces`) takes a count or a fraction of the training pool: the
 Vanishing Gradients paper (ALGORITHMS.md §5) finds a short SFT on ~1% of inputs can suffice before RL.
 
-Batches are padding-free by default: the sequences of a batch are concatenated into one row with position ids
-restarting at 0 for each, which transformers turns into a block-diagonal causal mask (no attention across
-sequences; checked once at start, falling back to padded batches for a model that does not honour it).
+A batch is packed (its sequences concatenated into one row, position ids restarting at 0 for each, which
+transformers turns into a block-diagonal causal mask) or padded, whichever costs fewer FLOPs (`pack_is_cheaper`):
+with a flash-attention kernel packing always wins (variable-length attention, no padding); with sdpa or eager
+attention the packed row's mask is dense, so its attention grows with the square of the whole batch's length and
+padding wins unless the lengths differ a lot. `sft.pack: false` always pads; a model that does not honour
+packed position ids (checked once at start) always pads. The loss computes logits only at positions whose next
+token carries a label (`logits_to_keep`, where the model's forward takes an index tensor).
 The batch order is a pure function of (seed, epoch), so `--resume` after a kill replays exactly.
 
     coldstart sft recipes/demo.yaml --out runs/demo
@@ -15,6 +19,7 @@ The batch order is a pure function of (seed, epoch), so `--resume` after a kill 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ import torch
 
 from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
-from .distributed import current, strided_share
+from .distributed import current, is_sharded, strided_share
 from .evaluate import evaluate_greedy
 from .pipeline import open_stage, select_traces
 from .prompts import render_prompt, render_target
@@ -70,15 +75,83 @@ def collate(batch: list[Encoded], pack: bool, pad_id: int) -> dict[str, torch.Te
 
 def masked_lm_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over label tokens, and their count. Packed rows never predict across a boundary
-    because the first token of each sequence is a prompt token (label -100)."""
-    labels = inputs["labels"]
+    because the first token of each sequence is a prompt token (label -100).
+
+    inputs: input_ids / labels (B, L) and attention_mask or position_ids (B, L). Logits (B, K, V) are computed
+    only at the K positions where some row's next token is a label, and upcast to fp32 for the loss.
+    """
+    target = inputs["labels"][:, 1:]
+    keep = (target != -100).any(0).nonzero().squeeze(1)  # (K,) positions that predict a label
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    logits = model(**model_inputs, use_cache=False).logits[:, :-1].float()
-    target = labels[:, 1:]
+    if keeps_logit_positions(model):
+        logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+    else:
+        logits = model(**model_inputs, use_cache=False).logits[:, keep]
+    target = target[:, keep]
     n = int((target != -100).sum())
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100,
+                                             reduction="sum")
     return loss / max(n, 1), n
+
+
+_KEEPS: dict[tuple[type, type], bool] = {}
+
+
+def _inner(model):
+    """(the model without a DDP wrapper, the plain transformers model under a peft wrapper)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    outer = model.module if isinstance(model, DistributedDataParallel) else model
+    return outer, outer.get_base_model() if hasattr(outer, "get_base_model") else outer
+
+
+def keeps_logit_positions(model) -> bool:
+    """Whether `model(..., logits_to_keep=<index tensor (K,)>)` returns exactly those positions' logits
+    (transformers' generated causal LMs do; remote code may not). Checked once per model class on a 6-token
+    probe in eval mode (through a peft wrapper, beside a DDP one); False for FSDP-sharded models, which take
+    the full-logits path."""
+    outer, base = _inner(model)
+    if is_sharded(outer) or "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return False
+    kind = (type(outer), type(base))
+    if kind not in _KEEPS:
+        device = next(base.parameters()).device
+        ids = (torch.arange(3, 9, device=device) % base.config.vocab_size)[None]
+        keep = torch.tensor([1, 4], device=device)
+        was_training = outer.training
+        outer.eval()
+        try:
+            with torch.no_grad():
+                full = outer(input_ids=ids, use_cache=False).logits[:, keep]
+                kept = outer(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+            _KEEPS[kind] = kept.shape == full.shape and torch.allclose(kept, full, atol=1e-4)
+        except (TypeError, IndexError, RuntimeError):
+            _KEEPS[kind] = False
+        finally:
+            outer.train(was_training)
+    return _KEEPS[kind]
+
+
+def pack_is_cheaper(model, lengths: list[int]) -> bool:
+    """Whether one packed row of `lengths` costs fewer FLOPs than padded rows (B × max length).
+
+    Linear layers cost 2 × (Linear weights) per token either way, so padding wastes them on pad tokens; causal
+    attention costs 4 × layers × hidden per (query, key) pair, and a packed row under sdpa or eager attention
+    attends through one dense causal mask over ΣL positions, against B causal rows of max(L) padded. With a
+    flash-attention kernel (variable-length, `_attn_implementation` names flash) packing attends only within
+    each sequence: always cheaper.
+    """
+    cfg = _inner(model)[1].config
+    if not lengths:
+        return False
+    if "flash" in str(getattr(cfg, "_attn_implementation", "") or ""):
+        return True
+    n, total, width = len(lengths), sum(lengths), max(lengths)
+    per_token = 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    per_pair = 4 * getattr(cfg, "num_hidden_layers", 1) * getattr(cfg, "hidden_size", 1)
+    packed = total * per_token + per_pair * total * (total + 1) / 2
+    padded = n * width * per_token + per_pair * n * width * (width + 1) / 2
+    return packed <= padded
 
 
 def packing_supported(model, device) -> bool:
@@ -107,7 +180,9 @@ def validation_loss(model, seqs: list[Encoded], pack: bool, pad_id: int, device,
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(seqs), batch_size):
-            inputs = {k: v.to(device) for k, v in collate(seqs[i : i + batch_size], pack, pad_id).items()}
+            chunk = seqs[i : i + batch_size]
+            packed = pack and pack_is_cheaper(model, [len(e.ids) for e in chunk])
+            inputs = {k: v.to(device) for k, v in collate(chunk, packed, pad_id).items()}
             loss, n = masked_lm_loss(model, inputs)
             total, count = total + float(loss) * n, count + n
     model.train(was_training)
@@ -142,7 +217,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     nonfinite = NonFinite("sft", run.max_nonfinite_steps, state)
     # the engine's wrapper (DDP / FSDP) when launched on several ranks; FSDP loads the optimizer state here
     trained, opt = dist.prepare(model, opt, ckpt, recipe, "sft")
-    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packed={pack}, device={device}"
+    packing = "when cheaper" if pack else "off"
+    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packing {packing}, device={device}"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
 
     t_start = time.perf_counter() - state["elapsed"]
@@ -201,7 +277,8 @@ def train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device
     """
     total = sum(len(e.ids) - e.n_prompt for e in batch)  # label tokens of the global batch
     mine, weight = strided_share(batch, dist.rank, dist.world)
-    inputs = {k: v.to(device) for k, v in collate(mine, pack, pad_id).items()}
+    packed = pack and pack_is_cheaper(model, [len(e.ids) for e in mine])
+    inputs = {k: v.to(device) for k, v in collate(mine, packed, pad_id).items()}
     loss, n = masked_lm_loss(model, inputs)
     scale = n / total * dist.world * weight
     (loss * scale).backward()

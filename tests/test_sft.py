@@ -123,3 +123,57 @@ def test_countdown_backtracking_recipe_runs(tmp_path, tiny_overrides):
     recipe = load_recipe(out / "sft" / "config.yaml")
     traces = select_traces(build_task_from(recipe).examples("train", 32, 0), 32)
     assert all(count_backtracks(ex.solution) == 2 for ex in traces)
+
+
+def _reference_loss(model, inputs):
+    """The loss over every position's logits, as before positions were selected."""
+    logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[:, :-1].float()
+    target = inputs["labels"][:, 1:]
+    n = int((target != -100).sum())
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100, reduction="sum") / n
+
+
+class IgnoresKeep(torch.nn.Module):
+    """A causal LM whose forward takes `logits_to_keep` but returns every position (like some remote code)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_loss_on_kept_positions_matches_full_logits(pack):
+    from coldstart.sft import keeps_logit_positions
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(len(tok), hidden_size=32, layers=2, heads=2)
+    seqs = [Encoded(list(range(5, 5 + n)), p) for n, p in ((7, 3), (12, 6), (9, 2))]
+    inputs = collate(seqs, pack, 0)
+    assert keeps_logit_positions(model)
+    for m in (model, IgnoresKeep(model)):
+        loss, n = masked_lm_loss(m, inputs)
+        assert n == sum(len(e.ids) - e.n_prompt for e in seqs)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        ref = _reference_loss(model, inputs)
+        ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+        assert torch.allclose(loss, ref, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, ref_grads))
+    assert not keeps_logit_positions(IgnoresKeep(model))
+
+
+def test_pack_only_when_cheaper():
+    from coldstart.sft import pack_is_cheaper
+
+    tok = build_char_tokenizer()
+    model = build_tiny_model(len(tok), hidden_size=32, layers=2, heads=2)
+    assert not pack_is_cheaper(model, [50] * 16)  # equal lengths: padding wastes nothing, packing's mask is dense
+    assert pack_is_cheaper(model, [200] + [3] * 15)  # one long sequence: padding wastes 15 × 197 tokens
+    assert not pack_is_cheaper(model, [])
+    model.config._attn_implementation = "flash_attention_2"  # variable-length kernel: no dense mask
+    assert pack_is_cheaper(model, [50] * 16)
