@@ -31,6 +31,9 @@ class RunConfig(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and compute dtype
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # torch.compile each decoder block and the SFT loss for the training passes (sampling stays eager); for
+    # GPUs: the first steps and new shapes pay a compile (seconds); SFT step 1.5x faster on an H200 (0.5B)
+    compile: bool = False
     quiet: bool = False  # no progress bars
     max_nonfinite_steps: int = 5  # a NaN/inf loss or gradient skips the step; this many in a row stop the run
     log_to: list[Literal["tensorboard", "wandb"]] = []  # metric sinks besides metrics.jsonl: DIR/<stage>/tb/, W&B
@@ -78,7 +81,7 @@ class SFTConfig(Section):
     epochs: float = 3.0  # passes over the traces (ignored when max_steps is set)
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 16  # sequences per optimizer step
-    pack: bool = True  # padding-free: concatenate a batch into one row with position ids reset per sequence
+    pack: bool = True  # pack a batch into one row (positions reset per sequence) when that costs less than padding
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup: float = 0.05  # fraction of steps
@@ -159,7 +162,7 @@ class RSFTConfig(Section):
     epochs: float = 2.0  # SFT passes over each round's kept completions
     batch_size: int = 16  # sequences per optimizer step
     grad_clip: float = 1.0  # max gradient norm
-    pack: bool = True  # padding-free batches, as in sft
+    pack: bool = True  # pack batches when that costs less than padding, as in sft
     hints: bool = False  # Hint-RFT (START §9): continue each sample after a library hint; keep hinted ones
     hint_library: list[str] | None = None  # None: coldstart.hints.DEFAULT_HINTS
     keep_best: bool = True  # export the round with the best val accuracy (the rounds are always evaluated)

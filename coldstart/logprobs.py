@@ -10,8 +10,10 @@ and backward; the sampler does the same for its prefill. `bench/hotpath.py` meas
 
 It is used when it applies and is checked: rows share a prompt, no value head (its hidden states are not
 taken through the cache), the model is not inside an engine wrapper (DDP hooks and FSDP's collective forward
-passes expect one forward per backward), and the model gives the same log-probs both ways on a small probe,
-checked once per model (other architectures or caches that do not support it fall back to the full pass).
+passes expect one forward per backward), its blocks are not torch.compile'd (`run.compile`: a cache object
+through compiled blocks recompiles at every cache state; the compiled full pass is the faster one), and the
+model gives the same log-probs both ways on a small probe, checked once per model (other architectures or
+caches that do not support it fall back to the full pass).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def shared_prefix_ok(model) -> bool:
     from .distributed import is_sharded
 
     if isinstance(model, DistributedDataParallel) or is_sharded(model):
+        return False
+    if getattr(model, "coldstart_compiled", False):  # run.compile: the compiled full pass instead
         return False
     known = getattr(model, "_coldstart_shared_prefix", None)
     if known is not None:

@@ -79,7 +79,7 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
     checkpoint with `resume`, else from `init`, resolved by runtime.stage_start)."""
     from .distributed import current
-    from .models import add_lora, count_parameters, load_lora, load_model, load_tokenizer
+    from .models import add_lora, compile_blocks, count_parameters, load_lora, load_model, load_tokenizer
     from .runtime import console, setup, stage_start
 
     stage = out / name
@@ -105,6 +105,10 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
                          lora.target_modules)
     trainable, total = count_parameters(model)
     console.print(f"{name}: {trainable:,} trainable parameters of {total:,}" + (" (LoRA)" if lora else ""))
+    if recipe.run.compile:
+        blocks = compile_blocks(model)
+        console.print(f"{name}: torch.compile on {blocks} decoder blocks" if blocks else
+                      f"[yellow]{name}: run.compile found no decoder blocks to compile; training runs eagerly")
     return Stage(stage, device, task, start, ckpt, tokenizer, model.train())
 
 

@@ -19,6 +19,7 @@ The batch order is a pure function of (seed, epoch), so `--resume` after a kill 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -81,17 +82,30 @@ def masked_lm_loss(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     only at the K positions where some row's next token is a label, and upcast to fp32 for the loss.
     """
     target = inputs["labels"][:, 1:]
-    keep = (target != -100).any(0).nonzero().squeeze(1)  # (K,) positions that predict a label
+    labelled = target != -100
+    # both host reads happen before the forward pass is queued: a read after it would wait for the forward
+    n, keep = int(labelled.sum()), labelled.any(0).nonzero().squeeze(1)  # keep: (K,) positions before a label
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     if keeps_logit_positions(model):
         logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
     else:
         logits = model(**model_inputs, use_cache=False).logits[:, keep]
     target = target[:, keep]
-    n = int((target != -100).sum())
-    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100,
+    ce = _compiled_ce() if getattr(_inner(model)[1], "coldstart_compiled", False) else label_ce
+    return ce(logits, target) / max(n, 1), n
+
+
+def label_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of logits (B, K, V), upcast to fp32, against target (B, K) (-100: no label)."""
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100,
                                              reduction="sum")
-    return loss / max(n, 1), n
+
+
+@functools.cache
+def _compiled_ce():
+    """`label_ce` through torch.compile (run.compile): the fp32 upcast fuses into the softmax instead of
+    writing a B × K × V fp32 copy. Dynamic shapes: K changes with every batch."""
+    return torch.compile(label_ce, dynamic=True)
 
 
 _KEEPS: dict[tuple[type, type], bool] = {}
@@ -132,14 +146,20 @@ def keeps_logit_positions(model) -> bool:
     return _KEEPS[kind]
 
 
-def pack_is_cheaper(model, lengths: list[int]) -> bool:
-    """Whether one packed row of `lengths` costs fewer FLOPs than padded rows (B × max length).
+DENSE_MASK_ATTENTION_COST = 4.0  # FLOP of attention through a dense mask, in FLOP of the linear layers (below)
 
-    Linear layers cost 2 × (Linear weights) per token either way, so padding wastes them on pad tokens; causal
-    attention costs 4 × layers × hidden per (query, key) pair, and a packed row under sdpa or eager attention
-    attends through one dense causal mask over ΣL positions, against B causal rows of max(L) padded. With a
-    flash-attention kernel (variable-length, `_attn_implementation` names flash) packing attends only within
-    each sequence: always cheaper.
+
+def pack_is_cheaper(model, lengths: list[int]) -> bool:
+    """Whether one packed row of `lengths` costs less than padded rows (B × max length).
+
+    Linear layers cost 2 × (Linear weights) FLOPs per token either way, so padding wastes them on pad tokens.
+    Causal attention costs 4 × layers × hidden FLOPs per (query, key) pair, and a packed row under sdpa or
+    eager attention attends through one dense causal mask over ΣL positions, against B causal rows of max(L)
+    padded. Attention through a mask runs far below the linear layers' FLOP rate, so its FLOPs count
+    DENSE_MASK_ATTENTION_COST times: fitted on an H200 (bench/gpu/mfu.py, 8 random lengths in [256, 2048]:
+    padded 241 ms, packed 330 ms, i.e. ~65 against ~270 TFLOP/s) and consistent with the CPU, where the demo's
+    packed SFT step took 1.75× the padded one. With a flash-attention kernel (variable-length,
+    `_attn_implementation` names flash) packing attends only within each sequence: always cheaper.
     """
     cfg = _inner(model)[1].config
     if not lengths:
@@ -148,7 +168,7 @@ def pack_is_cheaper(model, lengths: list[int]) -> bool:
         return True
     n, total, width = len(lengths), sum(lengths), max(lengths)
     per_token = 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    per_pair = 4 * getattr(cfg, "num_hidden_layers", 1) * getattr(cfg, "hidden_size", 1)
+    per_pair = DENSE_MASK_ATTENTION_COST * 4 * getattr(cfg, "num_hidden_layers", 1) * getattr(cfg, "hidden_size", 1)
     packed = total * per_token + per_pair * total * (total + 1) / 2
     padded = n * width * per_token + per_pair * n * width * (width + 1) / 2
     return packed <= padded

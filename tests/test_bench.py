@@ -51,8 +51,13 @@ def test_gpu_script_cpu_path(capsys):
     model, attn = mfu.build_model(mfu.TINY, torch.device("cpu"), torch.float32, 64)
     cfg = model.config
     w = mfu.linear_weights(model)
-    assert mfu.train_flops(model, 1, 2) == 3 * (2 * w * 2 + 4 * cfg.num_hidden_layers * cfg.hidden_size * 3)
+    pair = mfu.make_batch(cfg.vocab_size, 1, 2, varied=False)
+    assert mfu.batch_flops(model, pair) == 3 * (2 * w * 2 + 4 * cfg.num_hidden_layers * cfg.hidden_size * 3)
     assert attn == "sdpa"
-    times = mfu.time_training(model, torch.device("cpu"), 1, 8, 0, 1)
+    varied = mfu.make_batch(cfg.vocab_size, 4, 16, varied=True)
+    assert all(2 <= len(e.ids) <= 16 and e.n_prompt >= 1 for e in varied)
+    for variant in ("hf", "auto", "pad", "pack"):
+        batch = mfu.make_batch(cfg.vocab_size, 2, 8, varied=False) if variant == "hf" else varied
+        assert len(mfu.time_training(model, torch.device("cpu"), batch, 0, 1, variant)) == 1
     rates = mfu.time_sampling(model.eval(), torch.device("cpu"), 2, 4, 3, 1)
-    assert len(times) == 1 and all(len(v) == 1 and v[0] > 0 for v in rates.values())
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())

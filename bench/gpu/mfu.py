@@ -8,11 +8,14 @@ intermediate 4864, vocab 151936, tied embeddings), random init in bf16, flash-at
 `flash_attn` package is installed, else sdpa. Inputs are random token ids (our char tokenizer cannot cover
 151936 ids); a word-level tokenizer with one token per id stands in for decoding.
 
-1. Training: `--batch` × `--seq` tokens per step, next-token loss, AdamW, `--warmup` untimed steps, then
-   `--steps` timed ones between `torch.cuda.synchronize()` calls. FLOPs per step = 3 × forward, forward =
-   2 × (every Linear weight, the tied LM head included) per token + causal attention 4 × layers × d ×
-   (s + 1) / 2 per token at position s (QKᵀ and AV); MFU = FLOPs / s / the card's dense bf16 peak (from its
-   name: H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312), and against a measured bf16 matmul peak.
+1. Training, `--warmup` untimed steps then `--steps` timed ones between `torch.cuda.synchronize()` calls, AdamW:
+   the plain HF step and coldstart's `sft.train_step` on `--batch` × `--seq` tokens, then coldstart on
+   `--batch` sequences of random lengths in [seq/8, seq] (its own layout choice, and padded / packed forced),
+   then the same after `coldstart.models.compile_blocks` (what `run.compile` does). FLOPs = 3 × forward of
+   each sequence alone, forward = 2 × (every Linear weight, the tied LM head included) per token + causal
+   attention 4 × layers × d × (s + 1) / 2 per token at position s (QKᵀ and AV); MFU = FLOPs / s / the card's
+   dense bf16 peak (from its name: H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312), and against a
+   measured bf16 matmul peak. Also the RL loss pass (`sequence_logprobs`), full and shared-prefix.
 2. Sampling: coldstart's TorchSampler (dynamic cache) and `model.generate`, `--sample-batch` random prompts
    of `--prompt-len` tokens, `--new` new tokens, no eos, temperature 1; generated tokens per second.
 """
@@ -73,59 +76,68 @@ def linear_weights(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def train_flops(model, batch: int, seq: int) -> float:
-    """Counted FLOPs of one training step (3 × forward; causal attention)."""
-    cfg = model.config
-    attn = 4 * cfg.num_hidden_layers * cfg.hidden_size * seq * (seq + 1) / 2  # per sequence, forward
-    return 3 * batch * (2 * linear_weights(model) * seq + attn)
-
-
-def hf_step(model, opt, ids: torch.Tensor) -> None:
-    """The plain Hugging Face step: model(labels=...).loss (bf16 logits), backward, AdamW."""
+def hf_step(model, opt, batch: list) -> None:
+    """The plain Hugging Face step on equal-length rows: model(labels=...).loss, backward, AdamW."""
+    ids = torch.tensor([e.ids for e in batch], device=next(model.parameters()).device)
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def coldstart_step(model, opt, ids: torch.Tensor, pack: bool) -> None:
-    """coldstart's SFT step (`sft.train_step`: fp32 masked loss, gradient clipping), then AdamW. Each row is
-    one sequence whose first token is its prompt, so every other token is a label, as in `hf_step`."""
+def coldstart_step(model, opt, batch: list, layout: str) -> None:
+    """coldstart's SFT step, then AdamW. layout `auto` is `sft.train_step` as training runs it (packed or padded,
+    whichever `pack_is_cheaper` picks; fp32 loss on label positions; gradient clipping); `pad` and `pack` force
+    that layout through the same collate / loss / clipping."""
     from coldstart.distributed import current
-    from coldstart.sft import Encoded, train_step
+    from coldstart.sft import collate, masked_lm_loss, train_step
 
-    batch = [Encoded(row, 1) for row in ids.tolist()]
-    loss, _, norm = train_step(model, opt, batch, pack, 0, ids.device, 1.0, current())
-    if loss is None or norm is None:
-        raise RuntimeError("coldstart_step: non-finite loss or gradient")
+    device = next(model.parameters()).device
+    if layout == "auto":
+        loss, _, norm = train_step(model, opt, batch, True, 0, device, 1.0, current())
+        if loss is None or norm is None:
+            raise RuntimeError("coldstart_step: non-finite loss or gradient")
+    else:
+        inputs = {k: v.to(device) for k, v in collate(batch, layout == "pack", 0).items()}
+        masked_lm_loss(model, inputs)[0].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def time_training(model, device, batch: int, seq: int, warmup: int, steps: int, variant: str) -> list[float]:
-    """Seconds of each timed training step of `variant` (hf | pad | pack): forward, backward, AdamW step."""
+def make_batch(vocab: int, batch: int, seq: int, varied: bool, seed: int = 0) -> list:
+    """`batch` Encoded sequences of random ids: all `seq` long with a 1-token prompt (every other token is a
+    label, as in `hf_step`), or (varied) lengths uniform in [seq / 8, seq] with prompts of 1/8 of each."""
+    from coldstart.sft import Encoded
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq // 8, seq + 1, (batch,), generator=gen).tolist() if varied else [seq] * batch
+    return [Encoded(torch.randint(3, vocab, (n,), generator=gen).tolist(), max(1, n // 8) if varied else 1)
+            for n in lengths]
+
+
+def batch_flops(model, batch: list) -> float:
+    """Counted FLOPs of one training step on `batch` (3 × forward of each sequence alone; causal attention)."""
+    cfg, w = model.config, linear_weights(model)
+    per_pair = 4 * cfg.num_hidden_layers * cfg.hidden_size
+    return 3 * sum(2 * w * len(e.ids) + per_pair * len(e.ids) * (len(e.ids) + 1) / 2 for e in batch)
+
+
+def time_training(model, device, batch: list, warmup: int, steps: int, variant: str) -> list[float]:
+    """Seconds of each timed training step of `variant` (hf | auto | pad | pack) on `batch`."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    ids = torch.randint(3, model.config.vocab_size, (batch, seq), device=device)
     times = []
     for i in range(warmup + steps):
         sync(device)
         start = time.perf_counter()
         if variant == "hf":
-            hf_step(model, opt, ids)
+            hf_step(model, opt, batch)
         else:
-            coldstart_step(model, opt, ids, pack=variant == "pack")
+            coldstart_step(model, opt, batch, variant)
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     del opt
     return times
-
-
-def compile_blocks(model) -> int:
-    """torch.compile every decoder block in place (per-block compile, as torchtitan does); returns how many."""
-    layers = model.model.layers
-    for layer in layers:
-        layer.compile()
-    return len(layers)
 
 
 def rl_pass_flops(model, rows: int, groups: int, prompt: int, new: int, shared: bool) -> float:
@@ -280,36 +292,41 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         return f"{peak:.1f} GiB"
 
-    flops = train_flops(model, args.batch, args.seq)
-    labels = {"hf": "HF model(labels=...) loss", "pad": "coldstart sft.train_step, padded rows",
-              "pack": "coldstart sft.train_step, packed (the default)"}
+    equal = make_batch(model.config.vocab_size, args.batch, args.seq, varied=False)
+    varied = make_batch(model.config.vocab_size, args.batch, args.seq, varied=True)
+    labels = {"hf": "HF model(labels=...) loss", "auto": "coldstart sft.train_step (layout by cost)",
+              "pad": "coldstart, padded rows forced", "pack": "coldstart, one packed row forced"}
 
-    def train(variant: str, suffix: str = "") -> None:
-        step = statistics.median(time_training(model.train(), device, args.batch, args.seq, args.warmup,
-                                               args.steps, variant))
+    def train(variant: str, batch: list, suffix: str = "") -> None:
+        step = statistics.median(time_training(model.train(), device, batch, args.warmup, args.steps, variant))
+        flops, tokens = batch_flops(model, batch), sum(len(e.ids) for e in batch)
         mfu = f"{flops / step / spec:.1%} of spec, " if spec else ""
-        row(f"train {args.batch}x{args.seq}: {labels[variant]}{suffix}",
-            f"{step * 1e3:.1f} ms/step, {args.batch * args.seq / step:,.0f} tok/s, {flops / step / 1e12:.1f} "
+        shape = f"{args.batch}x{args.seq}" if batch is equal else f"{len(batch)} seqs of {tokens} tokens"
+        row(f"train {shape}: {labels[variant]}{suffix}",
+            f"{step * 1e3:.1f} ms/step, {tokens / step:,.0f} tok/s, {flops / step / 1e12:.1f} "
             f"TFLOP/s, MFU {mfu}{flops / step / measured:.1%} of measured; peak mem {memory()}")
 
-    for variant in ("hf", "pad", "pack"):
+    for variant, batch in (("hf", equal), ("auto", equal), ("auto", varied), ("pad", varied), ("pack", varied)):
         try:
-            train(variant)
+            train(variant, batch)
         except Exception as exc:  # report and go on: one failed variant must not cost the others
             row(f"train: {labels[variant]}", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
-    for shared in (False, True):
+    def rl_pass(shared: bool, suffix: str = "") -> None:
+        size = 8
         try:
-            size = 8
             times = time_rl_pass(model.train(), device, args.rl_groups, size, args.rl_prompt, args.rl_new,
                                  args.warmup, args.steps, shared)
             step = statistics.median(times)
             fl = rl_pass_flops(model, args.rl_groups * size, args.rl_groups, args.rl_prompt, args.rl_new, shared)
             row(f"RL log-prob pass fwd+bwd ({args.rl_groups}x{size} rows, prompt {args.rl_prompt}, "
-                f"{args.rl_new} new), {'shared-prefix' if shared else 'full'}",
+                f"{args.rl_new} new), {'shared-prefix' if shared else 'full'}{suffix}",
                 f"{step * 1e3:.1f} ms, {args.rl_groups * size * args.rl_new / step:,.0f} completion tok/s, "
                 f"{fl / step / 1e12:.1f} TFLOP/s executed; peak mem {memory()}")
         except Exception as exc:
-            row(f"RL log-prob pass, shared={shared}", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            row(f"RL log-prob pass, shared={shared}{suffix}", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+
+    rl_pass(False)
+    rl_pass(True)
     try:
         rates = time_sampling(model.eval(), device, args.sample_batch, args.prompt_len, args.new, args.repeats)
         for k, v in rates.items():
@@ -323,11 +340,16 @@ def main(argv: list[str] | None = None) -> None:
         row("compiled variants", f"skipped: {time.perf_counter() - t0:.0f} s had passed")
     else:
         try:
+            from coldstart.models import compile_blocks
+
             start = time.perf_counter()
-            compile_blocks(model)
-            train("pad", ", torch.compile per block")
+            compile_blocks(model)  # what run.compile does
+            train("auto", equal, ", run.compile")
             row("compile + measure time", f"{time.perf_counter() - start:.0f} s")
-            train("pack", ", torch.compile per block")
+            train("auto", varied, ", run.compile")
+            rl_pass(False, ", run.compile")
+            train("auto", make_batch(model.config.vocab_size, 2 * args.batch, args.seq, varied=False),
+                  ", run.compile, twice the batch")
         except Exception as exc:
             row("compiled variants", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}")
     row("wall time of this script", f"{time.perf_counter() - t0:.0f} s")

@@ -16,6 +16,8 @@ Semantics shared by every sampler (see DESIGN.md, "Contracts worth keeping"):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -157,3 +159,17 @@ def check_length(model, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
     if limit is not None and longest + max_new_tokens > limit:
         raise ValueError(f"SamplingParams.max_new_tokens={max_new_tokens} plus the longest prompt ({longest} tokens) "
                          f"exceeds the model's {limit} positions")
+
+
+def eager(sample: Callable) -> Callable:
+    """Run a sampler's `sample` with torch.compile'd modules executing eagerly (`run.compile` compiles the
+    decoder blocks for the training passes; decoding through a growing cache would recompile at every new
+    shape). A no-op on torch < 2.6, which has no compile stances."""
+
+    @functools.wraps(sample)
+    def wrapper(*args, **kwargs):
+        stance = getattr(torch.compiler, "set_stance", None)
+        with stance("force_eager") if stance is not None else contextlib.nullcontext():
+            return sample(*args, **kwargs)
+
+    return wrapper

@@ -20,6 +20,7 @@ from .base import (
     SamplingParams,
     check_length,
     decode_texts,
+    eager,
     generator_for,
     left_pad,
     model_vocab_size,
@@ -36,6 +37,7 @@ class HFSampler:
         self.tokenizer = tokenizer
         self.pad_id = pad_id_of(tokenizer)
 
+    @eager
     def sample(self, model, prompts: list[list[int]], params: SamplingParams,
                generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollouts:
         """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows.

@@ -50,6 +50,7 @@ from .base import (
     SamplingParams,
     check_length,
     decode_texts,
+    eager,
     generator_for,
     left_pad,
     model_vocab_size,
@@ -131,6 +132,7 @@ class TorchSampler:
         self.pad_id = pad_id_of(tokenizer)
         self._stop_tables: dict[tuple[tuple[str, ...], int], torch.Tensor] = {}
 
+    @eager
     def sample(self, model, prompts: list[list[int]], params: SamplingParams,
                generator: torch.Generator | None = None, seeds: list[int] | None = None) -> Rollouts:
         """Sample params.n completions per prompt; returns Rollouts with N = len(prompts) × n rows.
