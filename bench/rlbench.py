@@ -115,6 +115,7 @@ class Setup:
     train_size: int = 4000
     val_size: int = 200
     micro_batch_size: int | None = None  # coldstart's rows per forward/backward; None: the whole batch, as TRL
+    overrides: tuple[str, ...] = ()  # coldstart only: more recipe overrides (e.g. rl.max_resample=1)
 
     def recipe(self):
         """The coldstart recipe of this setup."""
@@ -125,7 +126,8 @@ class Setup:
             "rl.loss_agg=token_mean", "rl.advantage=grpo", f"rl.filter={self.filter}", "rl.eps_low=0.2",
             "rl.eps_high=0.28", "rl.grad_clip=1.0",
             # default: one forward/backward over the whole batch, as TRL's per_device_train_batch_size = B×G
-            f"rl.micro_batch_size={self.micro_batch_size or self.prompts_per_step * self.group_size}"])
+            f"rl.micro_batch_size={self.micro_batch_size or self.prompts_per_step * self.group_size}",
+            *self.overrides])
 
     def pool(self) -> list[Example]:
         """The training prompts (the arithmetic task's train split)."""

@@ -4,11 +4,12 @@
 
 1. Peak: the best FLOP/s of large square fp32 matmuls (2·n³ FLOPs for n × n by n × n) on `--threads` torch
    threads; the roofline every utilization below is a fraction of.
-2. Training: coldstart's SFT forward + backward (`coldstart.sft.collate` packed, `masked_lm_loss`,
-   `.backward()`) on demo-task traces, `--sft-batch` traces per step. FLOPs per step are counted, not
-   estimated from a profiler: 3 × forward, forward = 2 × (weights of every Linear, the tied LM head included)
-   per token + attention 2 × 2 × layers × d × (causal context) per token (QKᵀ and AV, each multiply-add;
-   within each packed sequence only, as causal attention needs). The optimizer step is timed apart.
+2. Training: coldstart's SFT forward + backward (`coldstart.sft.collate` in the layout that training picks,
+   `pack_is_cheaper`; `masked_lm_loss`, `.backward()`) on demo-task traces, `--sft-batch` traces per step.
+   FLOPs per step are counted, not estimated from a profiler: 3 × forward, forward = 2 × (weights of every
+   Linear, the tied LM head included) per token + attention 2 × 2 × layers × d × (causal context) per token
+   (QKᵀ and AV, each multiply-add; within each sequence only, as causal attention needs: padding and a packed
+   row's dense mask are not counted). The optimizer step is timed apart.
 3. Decode: coldstart's TorchSampler (dynamic cache), batch `--sample-batch` prompts × 1, `--new` new tokens,
    no eos (every row runs the full length): prefill 2·W per prompt token (+ attention) and 2·W per
    generated token + attention over the cache (4 × layers × d × context).
@@ -35,7 +36,7 @@ from coldstart.config import PromptConfig  # noqa: E402
 from coldstart.evaluate import encode_prompts  # noqa: E402
 from coldstart.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from coldstart.rollout import SamplingParams, TorchSampler  # noqa: E402
-from coldstart.sft import collate, encode_trace, masked_lm_loss  # noqa: E402
+from coldstart.sft import collate, encode_trace, masked_lm_loss, pack_is_cheaper  # noqa: E402
 from coldstart.tasks import build_task  # noqa: E402
 
 SIZES = {"0.5M": {"hidden_size": 128, "intermediate_size": 512, "layers": 2, "heads": 4},
@@ -78,7 +79,7 @@ def traces(tokenizer, n: int, seed: int = 0):
 
 
 def sft_step_flops(model, seqs) -> int:
-    """Counted FLOPs of one forward + backward over the packed sequences (3 × forward)."""
+    """Counted FLOPs of one forward + backward over the sequences, each alone (3 × forward)."""
     cfg = model.config
     w = linear_weights(model)
     fwd = 0
@@ -91,7 +92,7 @@ def sft_step_flops(model, seqs) -> int:
 def time_sft(model, seqs, pad_id: int, repeats: int) -> tuple[list[float], list[float]]:
     """Seconds of forward + backward, and of an AdamW step, per repeat (after one warm-up)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    inputs = collate(seqs, True, pad_id)
+    inputs = collate(seqs, pack_is_cheaper(model, [len(s.ids) for s in seqs]), pad_id)
     fb, step = [], []
     for i in range(repeats + 1):
         start = time.perf_counter()
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sft-batch", type=int, default=16, help="traces per packed SFT step (demo: 16)")
+    parser.add_argument("--sft-batch", type=int, default=16, help="traces per SFT step (demo: 16)")
     parser.add_argument("--sample-batch", type=int, default=128)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--matmul", type=int, nargs="+", default=[1024, 2048, 3072], help="square matmul sizes")
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peak = {peak / 1e9:.1f} GFLOP/s (best median; the largest size is re-measured between workloads), "
           f"best single run {best_peak / 1e9:.1f}; 'of peak' is median/median, 'best/best' the least disturbed")
     n_tok = sum(len(x.ids) for x in seqs)
-    print(f"\nSFT forward+backward, {args.sft_batch} packed traces = {n_tok} tokens per step")
+    print(f"\nSFT forward+backward, {args.sft_batch} traces = {n_tok} tokens per step")
     print(f"{'size':<6} {'params':>8} {'GFLOP/step':>11} {'fwd+bwd s':>10} {'tok/s':>8} {'GFLOP/s':>14} "
           f"{'of peak':>8} {'best/best':>9} {'AdamW s':>8}")
     for s, model in models.items():

@@ -57,13 +57,15 @@ class Race:
 
 
 def run(sft: Path, target: float, budget: float, every: int, seed: int, shape: tuple[int, int, int] = (32, 8, 96),
-        val_size: int = 200) -> tuple[Race, Race, float]:
+        val_size: int = 200, filter: str = "dynamic", overrides: tuple[str, ...] = (),
+        trl_arm: bool = True) -> tuple[Race, Race, float]:
     """Race both arms from `sft` with (prompts, group, max new tokens) = `shape`; returns (coldstart, TRL,
-    starting accuracy)."""
+    starting accuracy). `filter` and `overrides` change the coldstart arm only; without `trl_arm` coldstart
+    runs alone (for exploring its settings: a ratio needs both arms in one run)."""
     prompts, group, new = shape
     common = {"folder": sft, "prompts_per_step": prompts, "group_size": group, "max_new_tokens": new, "lr": 3e-4,
               "reward": "task", "seed": seed, "val_size": val_size}
-    cold = ColdstartArm(Setup(**common, filter="dynamic"))
+    cold = ColdstartArm(Setup(**common, filter=filter, overrides=overrides))
     val = cold.setup.val()
     start_acc = greedy_accuracy(cold.policy, cold.tokenizer, val, new)
     print(f"  start (the SFT checkpoint): val acc {start_acc:.1%}", flush=True)
@@ -82,6 +84,11 @@ def run(sft: Path, target: float, budget: float, every: int, seed: int, shape: t
         return races["TRL"].record(row["time/step_s"], row["time/generate_s"],
                                    lambda: greedy_accuracy(trainer.model, trainer.processing_class, val, new))
 
+    if not trl_arm:
+        races["TRL"].done = True
+        while not races["coldstart"].done:
+            cold_step()
+        return races["coldstart"], races["TRL"], start_acc
     setup = Setup(**common)
     callback = make_interleave(setup, cold_step, trl_step)
     trainer = build_trl_trainer(setup, 100_000, _scratch(), [callback])
@@ -97,14 +104,17 @@ def report(cold: Race, trl: Race, target: float, budget: float) -> str:
     """The result table and the ratio of times to target (or an honest bound)."""
     lines = [f"{'arm':<10} {'steps to target':>16} {'s to target':>12} {'best val acc':>13} {'steps run':>10} "
              f"{'train s':>8} {'s/step':>7} {'gen s/step':>11}"]
-    for r in (cold, trl):
+    for r in (cold, trl) if trl.steps else (cold,):
         hit = r.hit()
         best = max(a for _, _, a in r.evals) if r.evals else float("nan")
         lines.append(f"{r.name:<10} {hit[1] if hit else 'not reached':>16} "
                      f"{f'{hit[0]:.0f}' if hit else f'> {r.seconds:.0f}':>12} {best:>12.1%} {r.steps:>10} "
                      f"{r.seconds:>8.0f} {r.seconds / max(r.steps, 1):>7.2f} {r.gen_s / max(r.steps, 1):>11.2f}")
     ch, th = cold.hit(), trl.hit()
-    if ch and th:
+    if not trl.steps:
+        verdict = (f"coldstart alone (no TRL arm, no ratio): {ch[0]:.0f} s to {target:.0%}" if ch else
+                   f"coldstart alone did not reach {target:.0%} in {cold.seconds:.0f} s")
+    elif ch and th:
         verdict = f"coldstart / TRL time to {target:.0%}: {ch[0] / th[0]:.2f}x"
     elif ch:
         verdict = (f"TRL did not reach {target:.0%} in {trl.seconds:.0f} s of training; coldstart / TRL time to "
@@ -129,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new", type=int, default=96, help="max new tokens (training and evaluation)")
     parser.add_argument("--val-size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (both arms)")
+    parser.add_argument("--filter", default="dynamic", help="coldstart's rl.filter (TRL has none)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more coldstart recipe overrides, e.g. --set rl.max_resample=1 (repeatable)")
+    parser.add_argument("--coldstart-only", action="store_true", help="no TRL arm (exploring; no ratio)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -140,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
           f"budget {args.budget:.0f} s")
     start = time.perf_counter()
     cold, trl_race, start_acc = run(Path(args.sft), args.target, args.budget, args.eval_every, args.seed,
-                                   (args.prompts, args.group, args.new), args.val_size)
+                                   (args.prompts, args.group, args.new), args.val_size, args.filter,
+                                   tuple(args.set), not args.coldstart_only)
+    print(f"coldstart: rl.filter={args.filter} {' '.join(args.set)}")
     print(f"\nstarting val acc {start_acc:.1%}; wall {time.perf_counter() - start:.0f} s (evaluations included)")
     print(report(cold, trl_race, args.target, args.budget))
 
