@@ -57,7 +57,7 @@ from .rewards import build_reward
 from .rl_prefix import prefix_advantage, sample_with_prefix
 from .rl_support import evaluate_val, prefilter_pool, warn_flat
 from .rollout import SamplingParams, build_sampler
-from .rollout_utils import cat_rollouts, select_rows
+from .rollout_utils import cat_rollouts, select_rows, unique_rows
 from .runtime import MetricsLog, NonFinite, Timer, build_optimizer, build_scheduler, console, progress, save_on_main
 from .temperature import pick_temperature
 from .types import Example, Rollouts
@@ -182,22 +182,27 @@ def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values,
             total_tok = dist.sum(float(mask[mb].sum()) * weight)
             total_seq = dist.sum(len(mb) * weight)
             mb = mb[active[mb]]
+            counts = torch.ones(len(mb), dtype=torch.long)
+            if value_head is None and len(mb):  # copies of a row train once, counted as often as they occur
+                mb, counts = unique_rows(ro, mb, mask, adv)
+            sums["_unique"] = sums.get("_unique", 0) + len(mb)
             n_micro = int(dist.max(-(-len(mb) // micro) if weight else 0))
             if n_micro == 0 or total_tok == 0:
                 continue
             finite = True
             for i in range(n_micro):
-                rows, w = mb[i * micro : (i + 1) * micro], weight
+                rows, c, w = mb[i * micro : (i + 1) * micro], counts[i * micro : (i + 1) * micro], weight
                 if len(rows) == 0:  # this rank ran out of rows: a zero-weight pass keeps the ranks in step
-                    rows, w = torch.arange(1), 0.0
-                share = (float(mask[rows].sum()) / total_tok if cfg.loss_agg == "token_mean"
-                         else len(rows) / total_seq) * w
+                    rows, c, w = torch.arange(1), torch.ones(1, dtype=torch.long), 0.0
+                tokens = float((mask[rows].sum(1) * c.to(mask.device)).sum())
+                share = (tokens / total_tok if cfg.loss_agg == "token_mean" else float(c.sum()) / total_seq) * w
                 sub = select_rows(ro, rows)  # trimmed to its widest row: slice the (N, T) tensors alike
                 T = sub.completion_ids.shape[1]
                 cut = [None if x is None else x[rows][:, :T] for x in (mask, adv, returns, old_values)]
                 # the engine averages gradients over ranks: scale by the process count to sum them
                 with dist.no_sync(policy, sync=i == n_micro - 1):
-                    metrics = _micro_step(policy, ref, value_head, sub, *cut, cfg, max_tokens, share * dist.world)
+                    metrics = _micro_step(policy, ref, value_head, sub, *cut, cfg, max_tokens, share * dist.world,
+                                          None if value_head is not None else c.to(sub.logprobs.device))
                 finite &= metrics.pop("_finite")
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * share
@@ -212,19 +217,21 @@ def update(policy, ref, value_head, opt, ro: Rollouts, adv, returns, old_values,
             else:
                 skipped += 1
             opt.zero_grad(set_to_none=True)
-    w, steps = sums.pop("_w"), sums.pop("_steps", 0)
+    w, steps, unique = sums.pop("_w"), sums.pop("_steps", 0), sums.pop("_unique", 0)
     out = {k: v / w for k, v in sums.items() if k != "grad_norm"} if w else {}
     if steps:
         out["grad_norm"] = sums["grad_norm"] / steps
     trained = int(active.sum()) if weight else 0
-    out.update({"rows/skipped": N - trained, "rows/trained": trained, "optimizer_steps": steps,
+    out.update({"rows/skipped": N - trained, "rows/trained": trained, "rows/unique": unique / max(cfg.epochs, 1),
+                "optimizer_steps": steps,
                 "optimizer_steps_skipped": skipped})
     return out
 
 
 def _micro_step(policy, ref, value_head, sub: Rollouts, m, adv, returns, old_values, cfg: RLConfig,
-                max_tokens: int, share: float) -> dict[str, float]:
-    """Forward + backward of one micro-batch, its loss scaled by its share of the minibatch."""
+                max_tokens: int, share: float, counts: torch.Tensor | None = None) -> dict[str, float]:
+    """Forward + backward of one micro-batch, its loss scaled by its share of the minibatch; row i counts
+    counts[i] times (it stands for that many identical rows: `unique_rows`)."""
     logp, ent, values = sequence_logprobs(policy, sub, cfg.temperature, value_head, cfg.entropy_coef != 0)
     ref_logp = None
     if ref is not None and not cfg.kl_in_reward:
@@ -235,14 +242,14 @@ def _micro_step(policy, ref, value_head, sub: Rollouts, m, adv, returns, old_val
     loss, metrics = policy_loss(
         logp, sub.logprobs, adv, m, eps_low=eps[0], eps_high=eps[1], dual_clip=cfg.dual_clip,
         agg=cfg.loss_agg, max_tokens=max_tokens, ref_logp=ref_logp, kl_coef=cfg.kl_coef if ref_logp is not None
-        else 0.0, kl_type=cfg.kl_type, entropy=ent, entropy_coef=cfg.entropy_coef)
+        else 0.0, kl_type=cfg.kl_type, entropy=ent, entropy_coef=cfg.entropy_coef, weights=counts)
     if value_head is not None:
         vloss, vmetrics = value_loss(values, old_values, returns, m)
         loss = loss + cfg.vf_coef * vloss
         metrics.update(vmetrics)
     finite = bool(torch.isfinite(loss))  # a NaN / inf loss still goes backward (the ranks must stay in step);
     (loss * share).backward()            # update() then skips the optimizer step
-    sampled = _sampled_token_metrics(logp.detach(), sub.logprobs, m)
+    sampled = _sampled_token_metrics(logp.detach(), sub.logprobs, m if counts is None else m * counts[:, None])
     if not finite:
         metrics = {k: 0.0 for k in metrics}
     return {**sampled, **metrics, "_finite": finite}  # an exact entropy (entropy_coef ≠ 0) wins over the estimate

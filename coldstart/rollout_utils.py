@@ -24,6 +24,32 @@ def select_rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
     )
 
 
+def unique_rows(ro: Rollouts, rows: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `rows` (K,) that are copies of each other, merged: returns (rows (U,), counts (U,)), the first
+    row of each set in order of first appearance and how many rows it stands for.
+
+    Rows are copies when prompt, completion (with its mask and every token the model saw), loss mask (N, T),
+    advantages (N, T) and Prefix-RFT prefix mask are equal; the trainer's log-probs, KL and entropy then are
+    equal too, so a loss that counts the kept row `counts` times (`policy_loss(weights=...)`) is the loss of
+    the K rows. The sampler's log-probs of copies may differ by float rounding (~1e-6: the rows sat at other
+    batch positions); the first row's are used. A group whose samples agree (a confident policy) trains once.
+    """
+    def bits(x: torch.Tensor) -> torch.Tensor:  # exact equality of floats, as integers
+        kinds = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+        return x.contiguous().view(kinds[x.element_size()]).long()
+
+    parts = [ro.prompt_ids[rows] * ro.prompt_mask[rows], ro.prompt_mask[rows].long(), ro.completion_ids[rows],
+             ro.completion_mask[rows].long(), mask[rows].long(), bits(adv[rows])]
+    if ro.prefix_mask is not None:
+        parts.append(ro.prefix_mask[rows].long())
+    _, inverse, counts = torch.unique(torch.cat(parts, 1).cpu(), dim=0, return_inverse=True, return_counts=True)
+    first = torch.full((counts.numel(),), len(rows), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(rows)), "amin")
+    order = first.argsort()
+    return rows[first[order].to(rows.device)], counts[order]
+
+
 def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
     """Stack batches row-wise, re-padding prompts on the left and completions on the right."""
     P = max(r.prompt_ids.shape[1] for r in parts)

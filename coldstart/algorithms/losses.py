@@ -37,28 +37,39 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
-def token_mean(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None) -> torch.Tensor:
-    """(N, T) per-token loss → scalar: sum over masked tokens / number of masked tokens (DAPO)."""
-    return _masked_mean(loss, mask)
+def _row_weighted(mask: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """(N, T) mask times (N,) row weights (each row counted `weights[i]` times); the mask when None."""
+    return mask if weights is None else mask * weights[:, None].to(mask.dtype)
+
+
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, T) per-token loss → scalar: sum over masked tokens / number of masked tokens (DAPO). `weights`
+    (N,) counts row i weights[i] times, as if it were repeated (duplicate rows computed once)."""
+    return _masked_mean(loss, _row_weighted(mask, weights))
 
 
 def seq_mean_token_mean(
-    loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None
+    loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(N, T) per-token loss → scalar: mean over non-empty rows of each row's masked token mean (GRPO)."""
+    """(N, T) per-token loss → scalar: mean over non-empty rows of each row's masked token mean (GRPO);
+    row i counted weights[i] times."""
     lengths = mask.sum(-1)
     per_seq = (loss * mask).sum(-1) / lengths.clamp_min(1)
-    nonempty = (lengths > 0).float()
+    nonempty = _row_weighted((lengths > 0).float()[:, None], weights)[:, 0]
     return (per_seq * nonempty).sum() / nonempty.sum().clamp_min(1)
 
 
-def constant(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None) -> torch.Tensor:
-    """(N, T) per-token loss → scalar: masked token sum / (max_tokens × N) (Dr. GRPO)."""
+def constant(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None = None,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, T) per-token loss → scalar: masked token sum / (max_tokens × N) (Dr. GRPO); row i counted
+    weights[i] times (N = the weights' sum)."""
     if max_tokens is None or max_tokens < 1:
         raise ValueError(
             f"aggregation 'constant' needs max_tokens >= 1 (the generation budget), got {max_tokens}"
         )
-    return (loss * mask).sum() / (max_tokens * loss.shape[0])
+    rows = loss.shape[0] if weights is None else weights.sum()
+    return (loss * _row_weighted(mask, weights)).sum() / (max_tokens * rows)
 
 
 AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -68,10 +79,11 @@ AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def _aggregate(loss: torch.Tensor, mask: torch.Tensor, agg: str, max_tokens: int | None) -> torch.Tensor:
+def _aggregate(loss: torch.Tensor, mask: torch.Tensor, agg: str, max_tokens: int | None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     if agg not in AGGREGATIONS:
         raise ValueError(f"unknown agg {agg!r}; choose one of {sorted(AGGREGATIONS)}")
-    return AGGREGATIONS[agg](loss, mask, max_tokens=max_tokens)
+    return AGGREGATIONS[agg](loss, mask, max_tokens=max_tokens, weights=weights)
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
@@ -111,9 +123,11 @@ def policy_loss(
     kl_type: str = "k3",
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO-clip surrogate (+ KL, − entropy) on (N, T) logp, old_logp, adv, mask (and ref_logp, entropy)
-    → (scalar loss to minimise, metrics). Gradients flow through logp and entropy only.
+    → (scalar loss to minimise, metrics). Gradients flow through logp and entropy only. `weights` (N,)
+    counts row i weights[i] times in the loss and the metrics, exactly as if it were repeated.
 
     eps_low / eps_high may be (N, T) tensors: a clip range per token (Prefix-RFT's separate off-policy
     range on demonstration-prefix tokens, coldstart.algorithms.prefix.clip_range)."""
@@ -140,23 +154,24 @@ def policy_loss(
         total = total + kl_coef * kl
     if entropy is not None and entropy_coef != 0.0:
         total = total - entropy_coef * entropy
-    loss = _aggregate(total, mask, agg, max_tokens)
+    loss = _aggregate(total, mask, agg, max_tokens, weights)
 
     with torch.no_grad():
         r = ratio.detach()
+        wm = _row_weighted(mask, weights)  # token means over repeated rows
         metrics = {
-            "loss/policy": _aggregate(pg.detach(), mask, agg, max_tokens).item(),
-            "clip/low_frac": _masked_mean(((adv < 0) & (r < 1.0 - eps_low)).float(), mask).item(),
-            "clip/high_frac": _masked_mean(((adv > 0) & (r > 1.0 + eps_high)).float(), mask).item(),
-            "ratio/mean": _masked_mean(r, mask).item(),
+            "loss/policy": _aggregate(pg.detach(), mask, agg, max_tokens, weights).item(),
+            "clip/low_frac": _masked_mean(((adv < 0) & (r < 1.0 - eps_low)).float(), wm).item(),
+            "clip/high_frac": _masked_mean(((adv > 0) & (r > 1.0 + eps_high)).float(), wm).item(),
+            "ratio/mean": _masked_mean(r, wm).item(),
             "ratio/max": (r * mask).max().item() if mask.any() else 0.0,
         }
         if dual_clip is not None:
-            metrics["clip/dual_frac"] = _masked_mean(((adv < 0) & (r > dual_clip)).float(), mask).item()
+            metrics["clip/dual_frac"] = _masked_mean(((adv < 0) & (r > dual_clip)).float(), wm).item()
         if kl is not None:
-            metrics["kl"] = _masked_mean(kl.detach(), mask).item()
+            metrics["kl"] = _masked_mean(kl.detach(), wm).item()
         if entropy is not None:
-            metrics["entropy"] = _masked_mean(entropy.detach(), mask).item()
+            metrics["entropy"] = _masked_mean(entropy.detach(), wm).item()
     return loss, metrics
 
 
