@@ -293,3 +293,33 @@ def test_per_prompt_seeds_make_samples_independent_of_the_batch(model, name):
     assert torch.equal(other.completion_ids[3:6], together.completion_ids[3:6])
     with pytest.raises(ValueError, match="one per prompt"):
         sampler.sample(model, prompts(), params, seeds=[1])
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_rows_with_equal_prefixes_share_a_cache_row_and_sample_as_if_alone(cache):
+    from coldstart.rollout.torch_sampler import uniform_table
+
+    model = tiny_model().eval()
+    prompts = [TOK(t).input_ids for t in TEXTS[:2]]
+    sampler = TorchSampler(TOK, cache=cache)
+    batches = []
+    model.register_forward_hook(lambda m, args, kwargs, out: batches.append(kwargs["input_ids"].shape[0]),
+                                with_kwargs=True)
+    # temperature 0.05 on this sharp model: a group's samples agree for a few tokens, then fork
+    params = SamplingParams(n=4, max_new_tokens=12, temperature=0.05, eos_ids=[EOS])
+    noise = uniform_table(2, 4, 12, [1, 2], None, "cpu")
+    grouped = sampler._generate(model, *left_pad_of(prompts), params, noise)
+    decode = batches[1:]
+    assert decode[0] == 2 and min(decode) < 8, decode  # the 8 rows start as 2 cache rows, fewer than 8 often
+    # every row alone: 8 single-sample prompts with the same uniforms give the same completions
+    alone = sampler._generate(model, *left_pad_of([p for p in prompts for _ in range(4)]),
+                              SamplingParams(n=1, max_new_tokens=12, temperature=0.05, eos_ids=[EOS]), noise)
+    assert torch.equal(grouped[0], alone[0]) and torch.equal(grouped[2], alone[2])
+    assert torch.allclose(grouped[1], alone[1], atol=1e-5)
+    assert len({tuple(r) for r in grouped[0][:4].tolist()}) > 1  # the first group did fork
+
+
+def left_pad_of(prompts):
+    from coldstart.rollout.base import left_pad
+
+    return left_pad(prompts, TOK.pad_token_id, "cpu")

@@ -39,7 +39,6 @@ of the unsharded loop; other models take exactly the unsharded path.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -102,22 +101,6 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
     return tokens, probs.gather(1, tokens[:, None])[:, 0].log()
 
 
-@dataclass
-class _Live:
-    """The rows still in the batch (A of them) and their per-row state."""
-
-    rows: torch.Tensor  # (A,) long, index of each live row in the N output rows
-    mask: torch.Tensor  # (A, P + T) long attention mask: prompt mask, then ones for every completion slot
-    pos: torch.Tensor  # (A, 1) long position id of the token fed next
-    ids: torch.Tensor  # (A, T) long sampled tokens
-    logprobs: torch.Tensor  # (A, T) float
-    done: torch.Tensor  # (A,) bool: row has produced eos or completed a stop string
-
-    def select(self, keep: torch.Tensor) -> _Live:
-        """The rows at positions `keep` (K,) long."""
-        return _Live(*(t[keep] for t in (self.rows, self.mask, self.pos, self.ids, self.logprobs, self.done)))
-
-
 class TorchSampler:
     """Fast batched sampler (see module doc). `cache`: "dynamic" or "static"; `shrink`: drop finished rows
     from the batch once the live fraction falls to this value or below (0 never drops; 0.9 measured
@@ -167,74 +150,94 @@ class TorchSampler:
     def _generate(self, model, prompt_ids, prompt_mask, params, noise, sharded: bool = False):
         """Prefill, decode, assemble; noise (N, T) holds each row's uniform draws. Returns completion ids
         (N, T), logprobs (N, T), lengths (N,) and ended (N,) bool (eos or stop produced), with pad / 0 past
-        each row's length. `sharded`: the model is FSDP-sharded, decode until every rank is done."""
+        each row's length. `sharded`: the model is FSDP-sharded, decode until every rank is done.
+
+        Rows whose tokens so far are equal share one cache row (a "slot"): the B prompts are prefilled
+        into B slots, and after each step the live rows' (slot, token) pairs name the next step's slots.
+        Rows that drew different tokens fork their slot (the cache row is copied, `reorder_cache`); rows
+        that drew the same one go on sharing it, so a group whose samples agree is decoded once. Each row
+        still samples from its slot's logits with its own uniform: the outputs are those of decoding every
+        row alone. A slot whose rows have all ended is dropped at the next fork, or once at most `shrink`
+        of the slots are live; until then it is fed padding and its logits are ignored."""
         n, T = params.n, params.max_new_tokens
         B, P = prompt_ids.shape
         N, device = B * n, prompt_ids.device
         cache = self._new_cache(model, P + T)
         pos = (prompt_mask.long().cumsum(-1) - 1).clamp_(min=0)
         logits = cached_forward(model, prompt_ids, prompt_mask.long(), pos, cache, last_only=True)[:, -1]
-        repeat = torch.arange(B, device=device).repeat_interleave(n)
-        if n > 1:
-            cache.reorder_cache(repeat)
+        vocab = logits.shape[-1]
         mask = torch.cat([prompt_mask.long(), torch.ones((B, T), dtype=torch.long, device=device)], 1)
-        live = _Live(rows=torch.arange(N, device=device), mask=mask[repeat], pos=pos[repeat, -1:] + 1,
-                     ids=torch.full((N, T), self.pad_id, dtype=torch.long, device=device),
-                     logprobs=torch.zeros((N, T), device=device), done=torch.zeros(N, dtype=torch.bool, device=device))
-        out = (torch.full((N, T), self.pad_id, dtype=torch.long, device=device), torch.zeros((N, T), device=device))
+        first_pos = pos[:, -1:] + 1  # (B, 1) position of each prompt's first new token
+        slot_prompt = torch.arange(B, device=device)  # (S,) the prompt of each cache row
+        row_slot = torch.arange(B, device=device).repeat_interleave(n)  # (N,) the cache row of each row
+        live = torch.arange(N, device=device)  # rows still decoding
+        ids = torch.full((N, T), self.pad_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((N, T), device=device)
         lengths = torch.full((N,), T, dtype=torch.long, device=device)
         ended = torch.zeros(N, dtype=torch.bool, device=device)
         is_eos = torch.zeros(model_vocab_size(model), dtype=torch.bool, device=device)
         is_eos[list(params.eos_ids)] = True
         may_stop = self._stop_table(params.stop, is_eos.shape[0], device) if params.stop else None
-        logits, steps = logits[repeat], T
+        steps = T
         for t in range(T):
-            tokens, lp = sample_tokens(logits, params, None, noise[live.rows, t])
-            live.ids[:, t], live.logprobs[:, t] = tokens, lp
-            finished = self._finished(live, tokens, t, is_eos, may_stop, params.stop)
-            if finished.any():
-                lengths[live.rows[finished]] = t + 1
-                ended[live.rows[finished]] = True
-                live.done |= finished
-                if bool(live.done.all()):
-                    steps = t + 1
-                    if not sharded:  # sharded: decode the ended rows (tokens discarded) until every rank is done
-                        break
-                else:
-                    live = self._maybe_shrink(live, cache, out)
-            if t == T - 1 or (sharded and current().all_done(bool(live.done.all()), device)):
+            tokens = live.new_empty(0)
+            if live.numel():
+                tokens, lp = sample_tokens(logits[row_slot[live]], params, None, noise[live, t])
+                ids[live, t], logprobs[live, t] = tokens, lp
+                finished = self._finished(ids, live, tokens, t, is_eos, may_stop, params.stop)
+                if finished.any():
+                    lengths[live[finished]] = t + 1
+                    ended[live[finished]] = True
+                    live, tokens = live[~finished], tokens[~finished]
+            if not live.numel():
+                steps = min(steps, t + 1)  # the columns any row wrote
+                if not sharded:  # sharded: decode the slots (tokens discarded) until every rank is done
+                    break
+            if t == T - 1 or (sharded and current().all_done(not live.numel(), device)):
                 break
-            feed = live.ids[:, t : t + 1]
-            mask_now = live.mask if self.cache == "static" else live.mask[:, : P + t + 1]
-            logits = cached_forward(model, feed, mask_now, live.pos, cache, last_only=False)[:, -1]
-            live.pos += 1
-        _flush(live, out)
-        ids, logprobs = out[0][:, :steps], out[1][:, :steps]
+            if live.numel():
+                feed, parents = self._next_slots(cache, live, tokens, row_slot, slot_prompt.numel(), vocab)
+            else:  # sharded, every row ended: keep the slots in step with the other ranks
+                feed, parents = torch.full_like(slot_prompt, self.pad_id), None
+            if parents is not None:  # the cache was reordered
+                slot_prompt = slot_prompt[parents]
+            mask_now = mask[slot_prompt] if self.cache == "static" else mask[slot_prompt, : P + t + 1]
+            logits = cached_forward(model, feed[:, None], mask_now, first_pos[slot_prompt] + t, cache,
+                                    last_only=False)[:, -1]
+        ids, logprobs = ids[:, :steps], logprobs[:, :steps]
         lengths = lengths.clamp(max=steps)
         keep = torch.arange(steps, device=device) < lengths[:, None]
         return ids.masked_fill(~keep, self.pad_id), logprobs.masked_fill(~keep, 0.0), lengths, ended
 
-    def _finished(self, live: _Live, tokens, t: int, is_eos, may_stop, stops) -> torch.Tensor:
-        """(A,) bool: rows that end at step t (first eos or stop string); finished rows stay finished."""
-        finished = is_eos[tokens] & ~live.done
+    def _next_slots(self, cache, live, tokens, row_slot, slots: int, vocab: int
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the token to feed each cache row next (S',), the old slot of each new one (S',) or None when the
+        cache kept its rows). Reorders the cache, and `row_slot` of the live rows, when a slot forks or
+        enough slots have ended."""
+        key = row_slot[live] * vocab + tokens
+        pairs, inverse = torch.unique(key, return_inverse=True)  # sorted: pairs of one slot are adjacent
+        parents, feed = pairs // vocab, pairs % vocab
+        forks = bool((parents[1:] == parents[:-1]).any()) if parents.numel() > 1 else False
+        identity = not forks and parents.numel() == slots
+        if not identity and (forks or parents.numel() <= self.shrink * slots):
+            cache.reorder_cache(parents)
+            row_slot[live] = inverse
+            return feed, parents
+        full = torch.full((slots,), self.pad_id, dtype=torch.long, device=feed.device)
+        full[parents] = feed  # every live slot goes on unforked; ended ones are fed padding
+        return full, None
+
+    def _finished(self, ids, live, tokens, t: int, is_eos, may_stop, stops) -> torch.Tensor:
+        """(A,) bool: which live rows end at step t (their first eos, or a completed stop string)."""
+        finished = is_eos[tokens]
         if may_stop is not None:
-            candidates = (may_stop[tokens] & ~live.done & ~finished).nonzero()[:, 0].tolist()
+            candidates = (may_stop[tokens] & ~finished).nonzero()[:, 0].tolist()
             if candidates:
-                texts = self.tokenizer.batch_decode(live.ids[candidates, : t + 1].tolist(), skip_special_tokens=True)
+                rows = live[candidates]
+                texts = self.tokenizer.batch_decode(ids[rows, : t + 1].tolist(), skip_special_tokens=True)
                 for row, text in zip(candidates, texts):
                     finished[row] = any(s in text for s in stops)
         return finished
-
-    def _maybe_shrink(self, live: _Live, cache, out) -> _Live:
-        """Drop finished rows (writing their outputs) once the live fraction is at most `self.shrink`."""
-        alive = ~live.done
-        count = int(alive.sum())
-        if count > self.shrink * live.rows.shape[0]:
-            return live
-        _flush(live.select(live.done.nonzero()[:, 0]), out)
-        keep = alive.nonzero()[:, 0]
-        cache.reorder_cache(keep)
-        return live.select(keep)
 
     def _new_cache(self, model, max_len: int):
         """A fresh transformers cache for this model: StaticCache of max_len tokens, or DynamicCache."""
@@ -266,12 +269,6 @@ def uniform_table(B: int, n: int, T: int, seeds: list[int] | None, generator: to
         raise ValueError(f"seeds: need one per prompt ({B}), got {len(seeds)}")
     gens = [torch.Generator().manual_seed(int(s) % (1 << 63)) for s in seeds]
     return torch.cat([torch.rand((n, T), generator=g) for g in gens]).to(device)
-
-
-def _flush(live: _Live, out: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """Write the live rows' ids and logprobs into the (N, T) outputs."""
-    out[0][live.rows] = live.ids
-    out[1][live.rows] = live.logprobs
 
 
 _FORWARD_KW: dict[type, tuple[str, bool]] = {}
