@@ -8,9 +8,12 @@ pass and a transformers cache, and differs from `model.generate` in what it skip
    N = B×n rows (`Cache.reorder_cache`), so a group of n samples costs one prefill, not n.
 2. One token per step for every live row, through preallocated buffers; no logits processors,
    stopping-criteria objects or per-step score tuples.
-3. Finished rows stop costing compute: once at most `shrink` of the current batch is still live, the
-   finished rows are dropped from the cache and from every per-row tensor (`Cache.reorder_cache`).
-   The loop exits when every row has finished.
+3. Rows whose tokens so far are equal share one cache row: a group of n samples starts as its prompt's
+   one cache row and forks (`Cache.reorder_cache` copies the row) only where its samples draw different
+   tokens, so a confident policy, whose samples agree, decodes a group about once. Each row still samples
+   from its cache row's logits with its own uniform: the completions are those of decoding it alone.
+   Finished rows stop costing compute: their cache rows are dropped at the next fork, or once at most
+   `shrink` of the cache rows are live. The loop exits when every row has finished.
 4. Sampling draws one uniform per row and inverts the CDF of the filtered distribution, which has the
    same law as `torch.multinomial` but costs N random numbers instead of N×V.
 5. Stop strings are only checked on rows whose new token could end one (its text holds the last
