@@ -180,6 +180,8 @@ def clip_range(prefix_mask: torch.Tensor | None, eps_low: float, eps_high: float
     tensors holding (off_low, off_high) on prefix tokens and (eps_low, eps_high) elsewhere."""
     if prefix_mask is None or not bool(prefix_mask.any()):
         return eps_low, eps_high
-    low = torch.where(prefix_mask, torch.full(prefix_mask.shape, off_low), torch.full(prefix_mask.shape, eps_low))
-    high = torch.where(prefix_mask, torch.full(prefix_mask.shape, off_high), torch.full(prefix_mask.shape, eps_high))
-    return low.to(prefix_mask.device), high.to(prefix_mask.device)
+    def fill(value: float) -> torch.Tensor:  # on the mask's device: torch.where refuses a CPU tensor beside CUDA
+        return torch.full(prefix_mask.shape, value, device=prefix_mask.device)
+
+    return (torch.where(prefix_mask, fill(off_low), fill(eps_low)),
+            torch.where(prefix_mask, fill(off_high), fill(eps_high)))
