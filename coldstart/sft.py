@@ -130,16 +130,16 @@ def keeps_logit_positions(model) -> bool:
     kind = (type(outer), type(base))
     if kind not in _KEEPS:
         device = next(base.parameters()).device
-        ids = (torch.arange(3, 9, device=device) % base.config.vocab_size)[None]
         keep = torch.tensor([1, 4], device=device)
         was_training = outer.training
         outer.eval()
         try:
+            ids = (torch.arange(3, 9, device=device) % base.get_output_embeddings().weight.shape[0])[None]
             with torch.no_grad():
                 full = outer(input_ids=ids, use_cache=False).logits[:, keep]
                 kept = outer(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
             _KEEPS[kind] = kept.shape == full.shape and torch.allclose(kept, full, atol=1e-4)
-        except (TypeError, IndexError, RuntimeError):
+        except (TypeError, IndexError, RuntimeError, AttributeError):
             _KEEPS[kind] = False
         finally:
             outer.train(was_training)

@@ -146,13 +146,23 @@ class IgnoresKeep(torch.nn.Module):
                           use_cache=use_cache)
 
 
+def _gpt2(vocab: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=vocab, n_positions=64,
+                                      bos_token_id=2, eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                                      attn_pdrop=0.0))  # no dropout: two passes must agree
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
 @pytest.mark.parametrize("pack", [True, False])
-def test_loss_on_kept_positions_matches_full_logits(pack):
+def test_loss_on_kept_positions_matches_full_logits(pack, arch):
     from coldstart.sft import keeps_logit_positions
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
-    model = build_tiny_model(len(tok), hidden_size=32, layers=2, heads=2)
+    model = _gpt2(len(tok)) if arch == "gpt2" else build_tiny_model(len(tok), arch=arch, hidden_size=32, layers=2,
+                                                                      heads=2)
     seqs = [Encoded(list(range(5, 5 + n)), p) for n, p in ((7, 3), (12, 6), (9, 2))]
     inputs = collate(seqs, pack, 0)
     assert keeps_logit_positions(model)
