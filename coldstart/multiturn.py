@@ -12,7 +12,7 @@ For N = B×G trajectories (each example repeated G times, one fresh environment 
 
 The result is one `Rollouts` whose completion is model turn 1, observation 1, model turn 2, … (the last turn
 is a model turn), with `completion_mask` True on model tokens only and sampler log-probs 0 on observation
-tokens, so `rl_update.update` and `policy_loss` train on model tokens only, unchanged. The trainer re-reads the
+tokens, so `rl.update` and `policy_loss` train on model tokens only, unchanged. The trainer re-reads the
 whole sequence (observations included) with every position attended, as the sampler saw it. `Turns` keeps the
 per-turn rewards and the turn index of each token for the UserRL credits (algorithms/turn_credit.py).
 

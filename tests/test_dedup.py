@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-import coldstart.rl_update as rl_update
+import coldstart.rl as rl
 from coldstart.algorithms.losses import policy_loss
 from coldstart.config import RLConfig
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl_update import update
+from coldstart.rl import update
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.rollout_utils import unique_rows
 from coldstart.types import Rollouts
@@ -71,7 +71,7 @@ def test_update_with_copies_equals_update_of_every_row(agg, monkeypatch):
     results = []
     for dedup in (True, False):
         if not dedup:
-            monkeypatch.setattr(rl_update, "unique_rows", lambda ro, rows, mask, adv: (rows, torch.ones_like(rows)))
+            monkeypatch.setattr(rl, "unique_rows", lambda ro, rows, mask, adv: (rows, torch.ones_like(rows)))
         m = copy.deepcopy(model)
         # plain SGD with lr 1: the weights move by the (clipped) gradient itself (Adam would amplify the
         # rounding of near-zero gradients to ±lr)

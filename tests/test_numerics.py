@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from coldstart.cli import main
 from coldstart.config import RLConfig
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl_update import update
+from coldstart.rl import update
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.runtime import NonFinite, assert_finite, build_optimizer
 
