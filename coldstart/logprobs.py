@@ -23,7 +23,6 @@ from transformers import DynamicCache
 
 from .algorithms import token_entropy, token_logprobs
 from .rollout.torch_sampler import cached_forward
-from .rollout_utils import first_of_each
 from .types import Rollouts
 
 _PROBE_TOL = {torch.float32: 1e-3, torch.float64: 1e-6}  # other dtypes (bf16, fp16): 5e-2
@@ -69,7 +68,14 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
     >>> prompt_groups(ids, ids != 0)
     (tensor([0, 2]), tensor([0, 0, 1, 0]))
     """
-    return first_of_each(torch.where(prompt_mask.bool(), prompt_ids, -1))
+    key = torch.where(prompt_mask.bool(), prompt_ids, -1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
+    order = torch.argsort(first)  # number the groups by first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.shape[0], device=order.device)
+    return first[order], rank[inverse]
 
 
 def _shared_prefix_logits(model, ro: Rollouts, first: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:

@@ -24,22 +24,6 @@ def select_rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
     )
 
 
-def first_of_each(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distinct rows of key (N, W): (the first row of each of the U distinct rows (U,), numbered by first
-    appearance; the number of each row's distinct row (N,)).
-
-    >>> first_of_each(torch.tensor([[5, 6], [5, 6], [7, 8], [5, 6]]))
-    (tensor([0, 2]), tensor([0, 0, 1, 0]))
-    """
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), key.shape[0], dtype=torch.long, device=key.device)
-    first.scatter_reduce_(0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin")
-    order = torch.argsort(first)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.shape[0], device=order.device)
-    return first[order], rank[inverse]
-
-
 def unique_rows(ro: Rollouts, rows: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of `rows` (K,) that are copies of each other, merged: returns (rows (U,), counts (U,)), the first
@@ -59,8 +43,11 @@ def unique_rows(ro: Rollouts, rows: torch.Tensor, mask: torch.Tensor, adv: torch
              ro.completion_mask[rows].long(), mask[rows].long(), bits(adv[rows])]
     if ro.prefix_mask is not None:
         parts.append(ro.prefix_mask[rows].long())
-    first, inverse = first_of_each(torch.cat(parts, 1).cpu())
-    return rows[first.to(rows.device)], torch.bincount(inverse, minlength=first.numel())
+    _, inverse, counts = torch.unique(torch.cat(parts, 1).cpu(), dim=0, return_inverse=True, return_counts=True)
+    first = torch.full((counts.numel(),), len(rows), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(rows)), "amin")
+    order = first.argsort()
+    return rows[first[order].to(rows.device)], counts[order]
 
 
 def cat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:

@@ -4,8 +4,8 @@ The RL hot path. It runs any Hugging Face causal LM (Qwen2, Llama, GPT-2, ...) t
 pass and a transformers cache, and differs from `model.generate` in what it skips:
 
 1. Prefill once per prompt: the B distinct prompts are prefilled (left-padded, with an attention mask
-   and position ids counted from each prompt's first real token) into B cache rows that the n samples of
-   each prompt share (point 3), so a group of n samples costs one prefill, not n.
+   and position ids counted from each prompt's first real token), then the cache is repeated to the
+   N = B×n rows (`Cache.reorder_cache`), so a group of n samples costs one prefill, not n.
 2. One token per step for every live row, through preallocated buffers; no logits processors,
    stopping-criteria objects or per-step score tuples.
 3. Rows whose tokens so far are equal share one cache row: a group of n samples starts as its prompt's
