@@ -3,12 +3,12 @@
     python bench/hotpath.py [--sizes 0.5M 20M] [--repeats 7] [--threads 2]
 
 On one RL-shaped rollout batch (16 prompts × 8 completions × up to 32 new tokens, sampled by TorchSampler
-from a tiny Qwen2) it times the trainer side of one micro-step, `coldstart.logprobs.sequence_logprobs` →
+from a tiny Qwen2) it times the trainer side of one micro-step, `coldstart.rl.logprobs.sequence_logprobs` →
 `policy_loss` → `backward()`, with coldstart's current functions and with each variant below, interleaved
 (A B A B), and checks that the variant gives the same log-probs and the same gradients (max abs difference).
 Nothing in coldstart is edited: the variants live in this file.
 
-    current      coldstart.logprobs.sequence_logprobs as it is (each distinct prompt run once, shared prefix)
+    current      coldstart.rl.logprobs.sequence_logprobs as it is (each distinct prompt run once, shared prefix)
     full         the same with the full pass (every row's prompt + completion through the model)
     batched      the full pass with token_logprobs as one gather − logsumexp over the whole (N, T, V) block
     batched+keep also asks the model for the logits of the completion positions only (`logits_to_keep`),

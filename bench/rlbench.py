@@ -35,18 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from coldstart.config import load_recipe  # noqa: E402
-from coldstart.evaluate import encode_prompts, evaluate_greedy  # noqa: E402
+from coldstart.evaluate import evaluate_greedy  # noqa: E402
 from coldstart.models import (  # noqa: E402
     build_char_tokenizer,
     build_tiny_model,
-    eos_ids,
     load_model,
     load_tokenizer,
 )
 from coldstart.prompts import build_messages  # noqa: E402
 from coldstart.rewards import CombinedReward, RewardPart  # noqa: E402
-from coldstart.rl import rl_step  # noqa: E402
-from coldstart.rollout import SamplingParams, build_sampler  # noqa: E402
+from coldstart.rl import TrainerState, build_run, rl_step  # noqa: E402
+from coldstart.rollout import build_sampler  # noqa: E402
 from coldstart.runtime import build_optimizer  # noqa: E402
 from coldstart.tasks import build_task  # noqa: E402
 from coldstart.types import Example  # noqa: E402
@@ -155,21 +154,17 @@ class ColdstartArm:
         self.sampler = build_sampler("torch", self.tokenizer)
         self.reward_fn = CombinedReward([RewardPart(s.reward, 1.0, REWARDS[s.reward])])
         self.pool = s.pool()
-        self.state: dict[str, Any] = {"step": 0, "cursor": 0}
-        gen = torch.Generator().manual_seed(s.seed)
-        params = SamplingParams(n=s.group_size, max_new_tokens=s.max_new_tokens, temperature=1.0,
-                                eos_ids=eos_ids(self.tokenizer, self.policy))
-        self.sampling = {"prompt_ids": lambda exs: encode_prompts(self.tokenizer, exs, self.recipe.prompt),
-                         "sampling": params, "generator": gen}
-        self.prompt_len = sum(map(len, self.sampling["prompt_ids"](self.pool[:64]))) / 64
+        self.state = TrainerState()
+        self.run = build_run(self.recipe, self.policy, self.tokenizer, _TASK, self.opt, reward_fn=self.reward_fn,
+                             sampler=self.sampler, generator=torch.Generator().manual_seed(s.seed))
+        self.prompt_len = sum(map(len, self.run.prompt_ids(self.pool[:64]))) / 64
 
     def step(self) -> dict:
         """One RL step; the row gets `time/step_s` (the whole step) and `tokens/train` (real tokens trained)."""
         start = time.perf_counter()
-        row = rl_step(self.policy, None, None, self.opt, self.sampler, self.reward_fn, self.pool, self.state,
-                      self.recipe, self.sampling)
+        row = rl_step(self.run, self.pool, self.state)
         row["time/step_s"] = time.perf_counter() - start
-        self.state["step"] += 1
+        self.state.step += 1
         row["tokens/generated"] = row["tokens_per_s"] * row["time/generate_s"]
         # real (non-pad) prompt + completion tokens of the trained rows (completions of the first round)
         row["tokens/train"] = row.get("rows/trained", 0) * (self.prompt_len + row["length/mean"])

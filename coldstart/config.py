@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -192,8 +192,9 @@ class RLConfig(Section):
     sampler: str = "torch"  # torch | hf
     # weighted reward functions summed into one score per completion
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="task")])
-    # advantage estimator (coldstart/algorithms/advantages.py)
-    advantage: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"] = "grpo"
+    # advantage estimator: grpo | dr_grpo | rloo | reinforce_pp | gae (coldstart/algorithms/advantages.py), or
+    # your own as package.module:name (a function of that signature, or a registry.Estimator)
+    advantage: str = "grpo"
     # how token losses are averaged (DAPO token_mean, GRPO seq_mean_token_mean, Dr. GRPO constant)
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "constant"] = "token_mean"
     eps_low: float = 0.2  # PPO clip range below 1 (ratio ≥ 1 − eps_low)
@@ -208,8 +209,9 @@ class RLConfig(Section):
     minibatch_size: int | None = None  # rollouts per optimizer step; None: the whole batch
     micro_batch_size: int = 64  # rollouts per forward/backward (gradient accumulation)
     # none | dynamic (DAPO: resample new prompts for flat groups) | dupo (WebSailor: duplicate informative
-    # groups of the batch instead) | pad (ReVisual-R1: |advantage| band + prioritised subsampling, see rl.pad)
-    filter: Literal["none", "dynamic", "dupo", "pad"] = "none"
+    # groups of the batch instead) | pad (ReVisual-R1: |advantage| band + prioritised subsampling, see rl.pad),
+    # or your own as package.module:name (a group filter function, or a registry.Filter)
+    filter: str = "none"
     max_resample: int = 3  # dynamic filter: extra sampling rounds to refill the batch
     pad: PadConfig = Field(default_factory=lambda: PadConfig())  # settings of rl.filter: pad
     prefilter: PrefilterConfig | None = None  # drop training prompts outside a pass-rate window before RL
@@ -231,6 +233,15 @@ class RLConfig(Section):
     turn_credit: Literal["equalized", "r2g", "em"] = "equalized"  # UserRL: how the advantage spreads over turns
     trajectory_score: Literal["sum", "r2g"] = "sum"  # UserRL: per-turn rewards → the score the group compares
     turn_gamma: float = 0.8  # γ of the r2g score and r2g credit
+
+    @field_validator("advantage", "filter")
+    @classmethod
+    def _registry_name(cls, name: str, info) -> str:
+        """rl.advantage and rl.filter name a registry entry (the registries are the one list of names) or user
+        code as package.module:name (imported when the stage starts)."""
+        from .algorithms import ADVANTAGES, FILTERS, check_name
+
+        return check_name(ADVANTAGES if info.field_name == "advantage" else FILTERS, name, "")
 
 
 class DPOConfig(Section):

@@ -268,10 +268,18 @@ def fsdp_refusals(recipe, stage: str) -> list[str]:
         cfg = recipe.rl
         checks = [(cfg.env is not None, "rl.env (multi-turn rollouts end after different numbers of turns)"),
                   (cfg.prefix_rft is not None, "rl.prefix_rft is not supported"),
-                  (cfg.advantage == "gae", "rl.advantage=gae is not supported (its value head is not sharded)"),
+                  (_estimator(cfg).needs_values,
+                   f"rl.advantage={cfg.advantage} is not supported (its value head is not sharded)"),
                   (cfg.sampler != "torch", f"rl.sampler={cfg.sampler} is not supported (use torch)")]
         out += [msg for bad, msg in checks if bad]
     return out
+
+
+def _estimator(cfg):
+    """The registry entry of `rl.advantage` (it says whether the estimator needs a value head)."""
+    from .rl.records import Algorithms
+
+    return Algorithms.from_config(cfg).estimator
 
 
 def _inner(optimizer) -> torch.optim.Optimizer:

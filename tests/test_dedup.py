@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
-import coldstart.rl as rl
+import coldstart.rl.update as rl_update
 from coldstart.algorithms.losses import policy_loss
 from coldstart.config import RLConfig
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl import update
+from coldstart.rl import UpdateSettings
+from coldstart.rl.update import update
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.rollout_utils import unique_rows
 from coldstart.types import Rollouts
@@ -67,15 +68,15 @@ def test_update_with_copies_equals_update_of_every_row(agg, monkeypatch):
         ro.completion_ids[r], ro.completion_mask[r], ro.logprobs[r] = (
             ro.completion_ids[src], ro.completion_mask[src], ro.logprobs[src])
     adv = torch.tensor([1.0, 1.0, 1.0, -3.0, 0.5, -0.5, -0.5, 0.5])[:, None].expand_as(ro.logprobs).clone()
-    cfg = RLConfig(loss_agg=agg, micro_batch_size=2)
+    settings = UpdateSettings.from_config(RLConfig(loss_agg=agg, micro_batch_size=2, max_new_tokens=6))
     results = []
     for dedup in (True, False):
         if not dedup:
-            monkeypatch.setattr(rl, "unique_rows", lambda ro, rows, mask, adv: (rows, torch.ones_like(rows)))
+            monkeypatch.setattr(rl_update, "unique_rows", lambda ro, rows, mask, adv: (rows, torch.ones_like(rows)))
         m = copy.deepcopy(model)
         # plain SGD with lr 1: the weights move by the (clipped) gradient itself (Adam would amplify the
         # rounding of near-zero gradients to ±lr)
-        out = update(m, None, None, torch.optim.SGD(m.parameters(), lr=1.0), ro, adv, None, None, cfg, 6)
+        out = update(m, None, None, torch.optim.SGD(m.parameters(), lr=1.0), ro, adv, None, None, settings)
         results.append((m, out))
     (a, out_a), (b, out_b) = results
     assert out_a["rows/unique"] == 5 and out_b["rows/unique"] == 8

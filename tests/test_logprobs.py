@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from coldstart.logprobs import prompt_groups, sequence_logprobs, shared_prefix_ok
 from coldstart.models import build_char_tokenizer, build_tiny_model
+from coldstart.rl.logprobs import prompt_groups, sequence_logprobs, shared_prefix_ok
 from coldstart.rollout import SamplingParams, build_sampler
 
 

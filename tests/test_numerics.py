@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from coldstart.cli import main
 from coldstart.config import RLConfig
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl import update
+from coldstart.rl import UpdateSettings
+from coldstart.rl.update import update
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.runtime import NonFinite, assert_finite, build_optimizer
 
@@ -43,15 +44,15 @@ def test_rl_update_skips_the_optimizer_step_on_a_nan_loss():
     ro = TorchSampler(tok).sample(model, [tok("1+2=").input_ids], SamplingParams(n=4, max_new_tokens=6, seed=0))
     opt = build_optimizer(model.parameters(), 1e-2, 0.0)
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = RLConfig()
+    cfg = UpdateSettings.from_config(RLConfig(max_new_tokens=6))
     good = ro.logprobs.clone()
     ro.logprobs[0, 0] = float("nan")  # a NaN old log-prob: the PPO ratio and the loss are NaN
-    out = update(model, None, None, opt, ro, torch.ones_like(good), None, None, cfg, 6)
+    out = update(model, None, None, opt, ro, torch.ones_like(good), None, None, cfg)
     assert out["optimizer_steps_skipped"] == 1 and out["optimizer_steps"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None for p in model.parameters())  # nothing left over for the next step
     ro.logprobs = good
-    out = update(model, None, None, opt, ro, torch.ones_like(good), None, None, cfg, 6)
+    out = update(model, None, None, opt, ro, torch.ones_like(good), None, None, cfg)
     assert out["optimizer_steps"] == 1 and out["optimizer_steps_skipped"] == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 

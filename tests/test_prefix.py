@@ -21,9 +21,9 @@ from coldstart.algorithms import (
     splice_prefix,
 )
 from coldstart.cli import main
-from coldstart.logprobs import sequence_logprobs
 from coldstart.models import build_char_tokenizer, build_tiny_model
-from coldstart.rl_prefix import sample_with_prefix
+from coldstart.rl.logprobs import sequence_logprobs
+from coldstart.rl.prefix_rft import sample_with_prefix
 from coldstart.rollout import SamplingParams, TorchSampler
 from coldstart.rollout_utils import cat_rollouts, select_rows
 from coldstart.types import Rollouts
@@ -187,11 +187,11 @@ def test_sample_with_prefix_builds_hybrid_groups_with_policy_logprobs():
     model = build_tiny_model(len(tok), hidden_size=32, layers=1, heads=2, max_len=96)
     cfg = RLConfig(group_size=3, steps=5, max_new_tokens=12, prefix_rft={"start": 0.5, "end": 0.5})
     demos = {"1+1": "<think>1+1=2</think>", "22+3": "<answer>25</answer>"}
-    params = {"prompt_ids": lambda exs: tok(exs, add_special_tokens=False).input_ids,
-              "demo_ids": lambda exs: tok([demos[e] for e in exs], add_special_tokens=False).input_ids,
-              "sampling": SamplingParams(n=3, max_new_tokens=12, eos_ids=[tok.eos_token_id])}
-    ro = sample_with_prefix(model, TorchSampler(tok), ["1+1", "22+3"], params, torch.Generator().manual_seed(1),
-                             {"step": 0}, cfg)
+    prompts = tok(["1+1", "22+3"], add_special_tokens=False).input_ids
+    demo_ids = tok([demos[e] for e in ("1+1", "22+3")], add_special_tokens=False).input_ids
+    params = SamplingParams(n=3, max_new_tokens=12, eos_ids=[tok.eos_token_id])
+    ro = sample_with_prefix(model, TorchSampler(tok), prompts, demo_ids, params, torch.Generator().manual_seed(1),
+                            0, cfg.steps, cfg.prefix_rft, cfg.group_size)
     assert ro.completion_ids.shape[0] == 6 and ro.prefix_mask.any(1).tolist() == [F_, F_, T_, F_, F_, T_]
     for row, demo in ((2, "<think>1+1=2</think>"), (5, "<answer>25</answer>")):
         ids = tok(demo, add_special_tokens=False).input_ids
@@ -206,8 +206,8 @@ def test_sample_with_prefix_builds_hybrid_groups_with_policy_logprobs():
     assert torch.allclose(ro.logprobs[ro.prefix_mask], logp[ro.prefix_mask], atol=1e-5)
     assert torch.allclose(ro.logprobs[m], logp[m], atol=1e-4)  # T=1, no top-p: the sampler agrees too
     with pytest.raises(ValueError, match="per_group"):
-        sample_with_prefix(model, TorchSampler(tok), ["1+1"], params, None, {"step": 0},
-                            cfg.model_copy(update={"prefix_rft": cfg.prefix_rft.model_copy(update={"per_group": 3})}))
+        sample_with_prefix(model, TorchSampler(tok), prompts[:1], demo_ids[:1], params, None, 0, cfg.steps,
+                           cfg.prefix_rft.model_copy(update={"per_group": 3}), cfg.group_size)
 
 
 def test_prefix_rft_runs_in_the_demo_recipe(tmp_path, tiny_overrides):

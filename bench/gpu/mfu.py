@@ -159,7 +159,7 @@ def time_rl_pass(model, device, groups: int, size: int, prompt: int, new: int, w
                  shared: bool) -> list[float]:
     """Seconds of forward + backward of coldstart's `sequence_logprobs` on groups × size rows sharing
     `groups` distinct prompts (the RL loss pass), shared-prefix pass on or off."""
-    from coldstart.logprobs import sequence_logprobs
+    from coldstart.rl.logprobs import sequence_logprobs
     from coldstart.types import Rollouts
 
     rows = groups * size

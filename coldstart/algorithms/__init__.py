@@ -1,7 +1,9 @@
 """The RL algorithms as pure functions on tensors, each family a name → function dict with one signature.
 
 - `ADVANTAGES` (advantages.py): scores (N,) → per-token advantages (N, T).
-- `FILTERS` (filters.py): scores (N,) → which of the B groups to keep.
+- `FILTERS` (filters.py): scores (N,) → which of the B groups to keep (or, after the advantage, which rows).
+- registry.py: the entries of these registries own their capabilities (`Estimator`, `Filter`, `Aggregation`);
+  `resolve` turns a recipe name (a key or `package.module:name`) into one.
 - `policy_loss`, `value_loss`, `AGGREGATIONS` (losses.py): per-token tensors (N, T) → scalar loss.
 - Prefix-RFT (prefix.py): demonstration-prefix hybrid rollouts, their advantage and clip range.
 - `PREFERENCE_LOSSES` (preference.py): per-pair sequence log-probs (B,) → DPO / SimPO loss.
@@ -36,6 +38,7 @@ from coldstart.algorithms.prefix import (
     prefix_rft_advantage,
     splice_prefix,
 )
+from coldstart.algorithms.registry import Aggregation, Estimator, Filter, check_name, resolve
 from coldstart.algorithms.turn_credit import spread_advantage, trajectory_scores, turn_credits
 
 __all__ = [
@@ -43,6 +46,10 @@ __all__ = [
     "AGGREGATIONS",
     "FILTERS",
     "PREFERENCE_LOSSES",
+    "Aggregation",
+    "Estimator",
+    "Filter",
+    "check_name",
     "clip_range",
     "dpo_loss",
     "entropy_top_mask",
@@ -60,6 +67,7 @@ __all__ = [
     "prefix_fraction",
     "prefix_lengths",
     "prefix_rft_advantage",
+    "resolve",
     "simpo_loss",
     "splice_prefix",
     "spread_advantage",

@@ -30,6 +30,8 @@ from collections.abc import Callable
 
 import torch
 
+from coldstart.algorithms.registry import Estimator
+
 Metrics = dict[str, float]
 AdvantageFn = Callable[..., tuple[torch.Tensor, Metrics]]
 
@@ -264,10 +266,11 @@ def gae_advantage(
     return adv, _metrics(adv, mask, scores, group_size)
 
 
-ADVANTAGES: dict[str, AdvantageFn] = {
-    "grpo": grpo,
-    "dr_grpo": dr_grpo,
-    "rloo": rloo,
-    "reinforce_pp": reinforce_pp,
-    "gae": gae_advantage,
+# What each estimator needs and where it normalises (registry.Estimator); the loop asks these, never the name.
+ADVANTAGES: dict[str, Estimator] = {
+    "grpo": Estimator(grpo, std_normalised=True),
+    "dr_grpo": Estimator(dr_grpo),
+    "rloo": Estimator(rloo),
+    "reinforce_pp": Estimator(reinforce_pp, batch_normalised=True, takes_token_rewards=True),
+    "gae": Estimator(gae_advantage, needs_values=True, batch_normalised=True, takes_token_rewards=True),
 }

@@ -21,7 +21,8 @@ duplicates groups). Rows are grouped prompt-major (row i belongs to group i // g
   replacement (option `generator`, a torch.Generator, for reproducibility) instead of sampling new
   prompts. All groups flat: nothing to duplicate, K = 0.
 
-`pad` (ReVisual-R1's PAD, §20) works on sequences after the advantage, not on groups: see `pad_select`.
+`pad` (ReVisual-R1's PAD, §20) works on sequences after the advantage, not on groups: its entry keeps every
+group (`none`) and selects rows with `pad_select` (`FILTERS["pad"].select`).
 
 Metrics: `groups/zero_std_frac` (share of groups with all-equal scores), `groups/kept` (count),
 `groups/kept_frac`, `groups/std_mean`.
@@ -33,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from coldstart.algorithms.registry import Filter
 
 Metrics = dict[str, float]
 FilterFn = Callable[..., tuple[torch.Tensor, Metrics]]
@@ -154,4 +157,10 @@ def pass_rate_window(rates: list[float], min_pass: float = 0.0, max_pass: float 
     return [i for i, r in enumerate(rates) if min_pass <= r <= max_pass]
 
 
-FILTERS: dict[str, FilterFn] = {"none": none, "dynamic": dynamic, "dupo": dupo}
+# Where each filter acts and what it needs (registry.Filter); the loop asks these, never the name.
+FILTERS: dict[str, Filter] = {
+    "none": Filter(none),
+    "dynamic": Filter(dynamic, refills=True),
+    "dupo": Filter(dupo, needs_generator=True),
+    "pad": Filter(none, acts_on="sequences", needs_generator=True, select=pad_select),
+}

@@ -25,9 +25,9 @@ Metrics are masked-token means whatever the aggregation: `clip/low_frac` (A<0 an
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+
+from coldstart.algorithms.registry import Aggregation
 
 Metrics = dict[str, float]
 
@@ -72,10 +72,11 @@ def constant(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None =
     return (loss * _row_weighted(mask, weights)).sum() / (max_tokens * rows)
 
 
-AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "token_mean": token_mean,
-    "seq_mean_token_mean": seq_mean_token_mean,
-    "constant": constant,
+# Each normalises by the minibatch's masked tokens or by its sequences (registry.Aggregation.normaliser).
+AGGREGATIONS: dict[str, Aggregation] = {
+    "token_mean": Aggregation(token_mean, "tokens"),
+    "seq_mean_token_mean": Aggregation(seq_mean_token_mean, "sequences"),
+    "constant": Aggregation(constant, "sequences"),
 }
 
 

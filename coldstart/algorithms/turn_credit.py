@@ -24,6 +24,7 @@ import torch
 
 TRAJECTORY_SCORES = ("sum", "r2g")
 TURN_CREDITS = ("equalized", "r2g", "em")
+REWEIGHTING_CREDITS = ("r2g", "em")  # equalized leaves A on every token: the RL loop has nothing to spread
 
 
 def _discounted_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -281,7 +281,7 @@ def cached_forward(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tens
                    last_only: bool) -> torch.Tensor:
     """One forward pass through `cache`: ids (A, S), mask (A, L), pos (A, S) → logits (A, S', V), S' = 1
     when last_only and the model supports `logits_to_keep`, else S. Also the trainer's shared-prefix pass
-    (coldstart.logprobs), which keeps the autograd graph through the cache."""
+    (coldstart.rl.logprobs), which keeps the autograd graph through the cache."""
     kind = type(model)
     if kind not in _FORWARD_KW:
         names = inspect.signature(model.forward).parameters

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .algorithms import token_entropy, token_logprobs
-from .rollout.torch_sampler import cached_forward
-from .types import Rollouts
+from ..algorithms import token_entropy, token_logprobs
+from ..rollout.torch_sampler import cached_forward
+from ..types import Rollouts
 
 _PROBE_TOL = {torch.float32: 1e-3, torch.float64: 1e-6}  # other dtypes (bf16, fp16): 5e-2
 
@@ -98,7 +98,7 @@ def shared_prefix_ok(model) -> bool:
     2 completions of random tokens, no gradient); checked once per model object and remembered on it."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from .distributed import is_sharded
+    from ..distributed import is_sharded
 
     if isinstance(model, DistributedDataParallel) or is_sharded(model):
         return False
