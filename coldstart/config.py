@@ -103,7 +103,7 @@ class RewardSpec(Section):
 
 
 class PadConfig(Section):
-    """PAD (ALGORITHMS.md §20); the paper gives no thresholds or ρ: these defaults are our reading."""
+    """PAD (docs/algorithms.md §20); the paper gives no thresholds or ρ: these defaults are our reading."""
 
     t_low: float = 1e-6  # keep sequences with t_low ≤ |advantage| ≤ t_high (t_low > 0 drops zero-advantage rows)
     t_high: float = 1e9  # upper bound of the |advantage| band (see t_low)
@@ -123,7 +123,7 @@ class PrefilterConfig(Section):
 
 
 class PrefixRFTConfig(Section):
-    """Prefix-RFT (ALGORITHMS.md §11, coldstart.algorithms.prefix): hybrid rollouts from demonstration prefixes."""
+    """Prefix-RFT (docs/algorithms.md §11, coldstart.algorithms.prefix): hybrid rollouts from demonstration prefixes."""
 
     per_group: int = Field(1, ge=1)  # hybrid rollouts per group (they replace the group's last on-policy ones)
     start: float = Field(0.95, ge=0.0, le=1.0)  # prefix share of the demonstration's tokens at the first step
@@ -135,7 +135,7 @@ class PrefixRFTConfig(Section):
 
 
 class CurriculumConfig(Section):
-    """Phased curriculum + retrospective sampling (QwenLong-L1, ALGORITHMS.md §18; coldstart.curriculum)."""
+    """Phased curriculum + retrospective sampling (QwenLong-L1, docs/algorithms.md §18; coldstart.curriculum)."""
 
     by: Literal["length", "difficulty"] = "length"  # sort key: prompt + solution characters, or float(meta[key])
     key: str = "difficulty"  # the meta field read by `by: difficulty` (e.g. difficulty, or a task's digits)
@@ -258,7 +258,7 @@ class DPOConfig(Section):
     samples: int = 8  # rollouts and task pairs: samples per training prompt from the start model
     temperature: float = 1.0  # sampling temperature of those samples
     max_prompts: int | None = None  # rollouts and task pairs: prompts of the training pool to sample (None: all)
-    # Balancing the Budget (ALGORITHMS.md §10): a total of `budget` examples, sft_fraction of them SFT traces
+    # Balancing the Budget (docs/algorithms.md §10): a total of `budget` examples, sft_fraction of them SFT traces
     # (sets sft.traces; 0 drops sft from run.stages), the rest DPO pairs (sets max_pairs), from disjoint prompts
     budget: int | None = None  # total examples (SFT traces + pairs); None: no split
     sft_fraction: float = 0.1  # share of the budget spent on SFT traces

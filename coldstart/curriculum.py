@@ -1,4 +1,4 @@
-"""Phased curricula and difficulty-aware retrospective sampling (QwenLong-L1, arXiv 2505.17667; ALGORITHMS.md §18).
+"""Phased curricula and difficulty-aware retrospective sampling (QwenLong-L1, arXiv 2505.17667; docs/algorithms.md §18).
 
 `rl.curriculum` splits the RL training pool into phases by a sort key and trains them in order, the steps
 split across the phases:

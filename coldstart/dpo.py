@@ -1,4 +1,4 @@
-"""The preference-optimisation stage: DPO or SimPO on (prompt, chosen, rejected) pairs (ALGORITHMS.md §10, §22).
+"""The preference-optimisation stage: DPO or SimPO on (prompt, chosen, rejected) pairs (docs/algorithms.md §10, §22).
 
     pairs      `dpo.pairs`: rollouts (k samples per training prompt from the stage's start model, the first
                verified-correct one chosen, the first wrong one rejected; prompts with no such mix are skipped),

@@ -1,4 +1,4 @@
-"""Hint-infer (START, Li et al., arXiv 2503.04625, ALGORITHMS.md §9): cut a sampled chain of thought at a
+"""Hint-infer (START, Li et al., arXiv 2503.04625, docs/algorithms.md §9): cut a sampled chain of thought at a
 reflection point, append a hand-written hint from a library, and let the model continue from there.
 
 START stops long-CoT decoding at reflective conjunctions ("Wait", "Alternatively") or before the stop token,

@@ -5,11 +5,11 @@
   replacement from n samples (c of them correct) is correct. Computed in the stable product form
   `1 − Π_{i=n−c+1}^{n} (1 − k/i)`, which avoids huge binomials.
 - `maj_at_k(answers, correct, k)`: majority vote (self-consistency, Wang et al. 2023; ReFT's voting@100,
-  ALGORITHMS.md §23) over the first k extracted answers. `None` (nothing extracted) does not vote; ties go
+  docs/algorithms.md §23) over the first k extracted answers. `None` (nothing extracted) does not vote; ties go
   to the answer seen first. Answers are compared as given: normalise them before calling.
 - `mean_at_k(correct, k)`: mean correctness of the first k samples (avg@k).
 - `count_reflections(text)`: how many reflection / backtracking phrases a completion contains
-  (cf. ALGORITHMS.md §16, Cai et al.), matched case-insensitively on word boundaries, non-overlapping and
+  (cf. docs/algorithms.md §16, Cai et al.), matched case-insensitively on word boundaries, non-overlapping and
   longest first, so "let me double-check" counts once. The phrases are `REFLECTION_PATTERNS`.
 - `summarize(correct, answers, texts, ks)`: the above averaged over problems.
 """

@@ -1,6 +1,6 @@
 """Prompt strategies and rendering: the system prompt, the chat prompt, and the SFT target.
 
-Strategies (ALGORITHMS.md §17, prior prompt engineering for RFT, Taveekitworachai et al. 2505.14157).
+Strategies (docs/algorithms.md §17, prior prompt engineering for RFT, Taveekitworachai et al. 2505.14157).
 Each asks for one tagged block before the `<answer>` block:
 
     think      <think>      step-by-step reasoning (CoT)

@@ -11,7 +11,7 @@ Each round r = 1 .. rsft.rounds, with the model left by round r-1 (round 1: the 
               (coldstart.sft's training step), `epochs` passes of batch_size sequences
     evaluate  greedy accuracy on the val split; one metrics row per round; a checkpoint per round
 
-Papers: WebSailor's RFT cold start (ALGORITHMS.md §1: keep only successful trajectories, SFT on them),
+Papers: WebSailor's RFT cold start (docs/algorithms.md §1: keep only successful trajectories, SFT on them),
 START's Hint-RFT (§9: hinted trajectories, correctness-filtered, become SFT data; then rejection sampling
 with the tuned model), ReFT's SFT warm-up + sampling (§23), OpenRFT's synthesis of missing CoT (§14).
 Our readings, where the sources leave it open:

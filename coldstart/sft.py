@@ -3,7 +3,7 @@
 Each trace is rendered as the chat prompt (prompts.render_prompt) followed by the target
 `<think>{solution}</think><answer>{answer}</answer>` and eos (prompts.render_target); labels are -100 on
 every prompt token. A trace budget (`sft.traces`) takes a count or a fraction of the training pool: the
-Vanishing Gradients paper (ALGORITHMS.md §5) finds a short SFT on ~1% of inputs can suffice before RL.
+Vanishing Gradients paper (docs/algorithms.md §5) finds a short SFT on ~1% of inputs can suffice before RL.
 
 A batch is packed (its sequences concatenated into one row, position ids restarting at 0 for each, which
 transformers turns into a block-diagonal causal mask) or padded, whichever costs fewer FLOPs (`pack_is_cheaper`):

@@ -1,4 +1,4 @@
-"""Entropy-targeted sampling temperature (AceReason-Nemotron 1.1, ALGORITHMS.md §4).
+"""Entropy-targeted sampling temperature (AceReason-Nemotron 1.1, docs/algorithms.md §4).
 
 The paper's rule: pick the RL training temperature so that the token entropy of the distribution actually
 sampled starts and stays around 0.3 (0.85 did best for them: entropy 0.26 rising to 0.38). It gives curves,

@@ -1,4 +1,4 @@
-"""Phased curricula and retrospective sampling (coldstart.curriculum, ALGORITHMS.md §18): phase split, step
+"""Phased curricula and retrospective sampling (coldstart.curriculum, docs/algorithms.md §18): phase split, step
 schedule, reward tracking, difficulty-weighted carry-over, the pool per step, and a run that survives --resume."""
 
 from __future__ import annotations

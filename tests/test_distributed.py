@@ -85,3 +85,17 @@ def test_merge_rows_sums_counts_maxes_maxima_and_averages_the_rest():
             {"step": 3, "rows/trained": 2, "length/max": 12, "reward/mean": 0.25, "kl": None, "flag": False}]
     assert merge_rows(rows) == {"step": 3, "rows/trained": 6, "length/max": 12, "reward/mean": 0.375, "kl": None,
                                 "flag": True}
+
+
+@pytest.mark.slow
+def test_gae_is_refused_on_two_processes_since_it_whitens_over_the_whole_batch(tmp_path, tiny_overrides):
+    """Each rank holds a share of the batch: whitening it per rank would give other advantages than one process
+    (the estimator's registry entry says `batch_normalised`), so the run stops before training, naming why."""
+    accelerate = shutil.which("accelerate") or pytest.fail("accelerate's launcher is not on PATH")
+    cmd = [accelerate, "launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_processes", "2", "--num_machines", "1", "--main_process_port", "29541", "-m", "coldstart", "rl",
+           RECIPE, "--out", str(tmp_path / "gae"), *tiny_overrides, "rl.init=model", "rl.advantage=gae"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "rl.advantage=gae normalises over the whole batch" in proc.stderr + proc.stdout
+    assert not (tmp_path / "gae" / "rl" / "metrics.jsonl").exists()

@@ -1,4 +1,4 @@
-"""Prefix-RFT (coldstart.algorithms.prefix, ALGORITHMS.md §11): schedule, prefix cut, hybrid rows, prefix-aware
+"""Prefix-RFT (coldstart.algorithms.prefix, docs/algorithms.md §11): schedule, prefix cut, hybrid rows, prefix-aware
 advantage, entropy mask, per-token clip range, and the hook in the RL loop on a tiny model."""
 
 from __future__ import annotations

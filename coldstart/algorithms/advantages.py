@@ -7,7 +7,7 @@ Every estimator in `ADVANTAGES` has one signature, so the RL loop never special-
 
 Rows are grouped prompt-major: row i belongs to group i // group_size. The advantage is 0 outside `mask`.
 
-- `grpo` (ALGORITHMS.md §0.1, DeepSeekMath): `(r_i − mean(r)) / (std(r) + eps)` within each group, the
+- `grpo` (docs/algorithms.md §0.1, DeepSeekMath): `(r_i − mean(r)) / (std(r) + eps)` within each group, the
   same value on every token. `std` is the *unbiased* sample std (Bessel's correction, `torch.std`), as in
   DeepSeek's and TRL's implementations; verl uses the same. A group whose scores are all equal gets 0.
 - `dr_grpo` (§0.2, Dr. GRPO): `r_i − mean(r)`, no std division. Pair it with the `constant` loss

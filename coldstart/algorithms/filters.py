@@ -9,14 +9,14 @@ duplicates groups). Rows are grouped prompt-major (row i belongs to group i // g
 `expand_groups(groups, G)` turns them into row indices (K×G,). Unknown options raise ValueError naming them.
 
 - `none`: keep every group.
-- `dynamic` (DAPO dynamic sampling, ALGORITHMS.md §0.3): keep the groups whose scores are not all equal
+- `dynamic` (DAPO dynamic sampling, docs/algorithms.md §0.3): keep the groups whose scores are not all equal
   (for 0/1 rewards: 0 < accuracy < 1), since their group-relative advantage is 0 and they only dilute the
   loss. Option `min_std` (default 0.0) drops also groups whose population std is ≤ min_std. DAPO then
   *resamples* new prompts until the batch is full; that refill belongs to the loop, not to this function.
   Deviation from verl's recipe: verl keeps groups of size 1; we raise, since every group of one is "all
   equal" and the filter would be meaningless.
 
-- `dupo` (WebSailor's DUPO, ALGORITHMS.md §1): drop the all-equal groups like `dynamic`, then fill the
+- `dupo` (WebSailor's DUPO, docs/algorithms.md §1): drop the all-equal groups like `dynamic`, then fill the
   batch back to B groups by duplicating informative groups of the same batch, drawn uniformly with
   replacement (option `generator`, a torch.Generator, for reproducibility) instead of sampling new
   prompts. All groups flat: nothing to duplicate, K = 0.

@@ -1,6 +1,6 @@
 """Policy and value losses on per-token tensors (N, T), and the log-prob / entropy helpers they need.
 
-`policy_loss` is the PPO clipped surrogate with the knobs of ALGORITHMS.md:
+`policy_loss` is the PPO clipped surrogate with the knobs of docs/algorithms.md:
 
     ρ = exp(logπ − logπ_old)                      (log-ratio clamped to ±20 before exp, as verl does)
     ℓ = max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))  (PPO; ε_high > ε_low is DAPO's clip-higher, §0.3)

@@ -1,4 +1,4 @@
-"""Prefix-RFT (Huang et al., arXiv 2507.01679; ALGORITHMS.md §11): demonstration prefixes inside RL groups.
+"""Prefix-RFT (Huang et al., arXiv 2507.01679; docs/algorithms.md §11): demonstration prefixes inside RL groups.
 
 Per prompt, `k = rl.prefix_rft.per_group` of the G rollouts are *hybrids*: the first `L = ⌊l·|y*|⌋` tokens
 of the demonstration y* (the example's SFT target `coldstart.prompts.render_target` + eos) followed by the

@@ -1,4 +1,4 @@
-"""UserRL turn-level credit assignment and trajectory scoring (ALGORITHMS.md §3, arXiv 2509.19736).
+"""UserRL turn-level credit assignment and trajectory scoring (docs/algorithms.md §3, arXiv 2509.19736).
 
 A multi-turn trajectory has a reward r_k per model turn k. Two pure steps turn them into token advantages:
 

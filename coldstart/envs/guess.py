@@ -1,4 +1,4 @@
-"""Number guessing with a rule-based simulated user (ALGORITHMS.md §3, UserRL's setting without an LLM user).
+"""Number guessing with a rule-based simulated user (docs/algorithms.md §3, UserRL's setting without an LLM user).
 
 The example fixes an interval and a secret (`Example.meta`: lo, hi, secret; see coldstart.tasks.guess). The
 opening observation is the example's prompt, e.g. `Guess my number from 1 to 32.` Each model turn is a guess,

@@ -19,7 +19,7 @@ Decisions, each tested in tests/test_rewards.py:
 - A gold answer that is empty, too long or does not parse raises `GoldAnswerError` inside the reward
   function (CombinedReward then scores that item 0, logs it and counts it as an error); `verify_answer`
   logs a warning, counts it in `GOLD_ERRORS` and returns 0. It never scores 1.
-- ReFT partial reward (ALGORITHMS.md §23): `make_accuracy(partial=0.1)` gives 0.1 when an answer was
+- ReFT partial reward (docs/algorithms.md §23): `make_accuracy(partial=0.1)` gives 0.1 when an answer was
   extracted (non-blank) but is wrong, 1 when right, 0 when nothing could be extracted.
 
 Time bounds: the parse and the comparison of one answer run together under one deadline of `timeout_s`

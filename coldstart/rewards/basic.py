@@ -8,9 +8,9 @@ lists aligned with completions, and unknown columns are ignored.
 - exact:    normalised string equality of the extracted answer with the `answer` column (strip,
             collapse whitespace, optional case-fold). No extractable answer scores 0.
 - format:   1 if the completion is one `<tag>…</tag>` block followed by one `<answer>…</answer>` block
-            (ALGORITHMS.md §17: tag ∈ think | plan | code | knowledge | examples), else 0.
+            (docs/algorithms.md §17: tag ∈ think | plan | code | knowledge | examples), else 0.
 - task:     `task.verify(example, completion)` on the `example` column.
-- overlong: DAPO's soft overlong punishment (ALGORITHMS.md §0.3) on the `completion_length` column
+- overlong: DAPO's soft overlong punishment (docs/algorithms.md §0.3) on the `completion_length` column
             (tokens): 0 up to max_len − cache_len, then a linear ramp to −1 at max_len, −1 beyond.
             Overlong *filtering* (masking truncated samples out of the loss) lives in the RL loop.
 - "package.module:function": `import_reward` imports a user reward function.

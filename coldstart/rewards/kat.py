@@ -1,4 +1,4 @@
-"""KAT-V1's think-mode reward (AutoThink / Step-SRPO, arXiv 2507.08297; ALGORITHMS.md §8), simplified.
+"""KAT-V1's think-mode reward (AutoThink / Step-SRPO, arXiv 2507.08297; docs/algorithms.md §8), simplified.
 
 KAT trains a model to decide per query whether to think (`<think_on>`, then `<think>…</think>`) or to answer
 directly (`<think_off>`), with two reward streams: one for choosing the mode appropriately, one for the

@@ -1,4 +1,4 @@
-"""MT-R1-Zero's rule-metric mixed reward for translation (Feng et al., arXiv 2504.10160; ALGORITHMS.md §19).
+"""MT-R1-Zero's rule-metric mixed reward for translation (Feng et al., arXiv 2504.10160; docs/algorithms.md §19).
 
     format ok:  R = S_format + S_metric,  S_format = +1
     otherwise:  R = format_penalty  (the metric is skipped)
@@ -14,7 +14,7 @@ Deviations, on purpose:
 - The paper's format is `<think>…</think><translate>…</translate>`; the answer block tag is an option
   (`answer_tag`, default "answer", the toolkit's tag; "translate" gives the paper's).
 - The penalty for a bad format: the paper's constant is unconfirmed; −2 is the derived Reflex-RL codebase's
-  (ALGORITHMS.md §19). With it the reward lies in [−2, 3] for "mix".
+  (docs/algorithms.md §19). With it the reward lies in [−2, 3] for "mix".
 
     rl.rewards: [{name: mt, options: {metric: mix}}]
 """

@@ -1,4 +1,4 @@
-"""ReFT's partial reward (Luong et al., ACL 2024; ALGORITHMS.md §23), registered as `reft`.
+"""ReFT's partial reward (Luong et al., ACL 2024; docs/algorithms.md §23), registered as `reft`.
 
 1 if the extracted answer is correct, 0.1 if an answer could be extracted but is wrong, 0 if none could.
 This is the `accuracy` reward with `partial=0.1` (one implementation, in accuracy.py); `reft` only changes

@@ -1,4 +1,4 @@
-"""RLT's dense teacher reward (Reinforcement-Learned Teachers, Sakana, arXiv 2506.08388; ALGORITHMS.md §12).
+"""RLT's dense teacher reward (Reinforcement-Learned Teachers, Sakana, arXiv 2506.08388; docs/algorithms.md §12).
 
 The policy is a teacher that writes an explanation t_o; a frozen student π_s scores it by how well it can
 then reproduce the known solution s, minus how implausible the explanation looks to a student who cannot see s:

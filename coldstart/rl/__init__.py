@@ -1,4 +1,4 @@
-"""Reinforcement fine-tuning with verifiable rewards: GRPO and its variants (ALGORITHMS.md §0, §23).
+"""Reinforcement fine-tuning with verifiable rewards: GRPO and its variants (docs/algorithms.md §0, §23).
 
 The package's modules are the phases of one step (`loop.rl_step` calls them in this order):
 

@@ -122,13 +122,7 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
     """The RLRun of `recipe` around a policy and its optimizer: rollout source, resolved algorithms, settings
     and post-advantage transforms. Refuses what cannot run, at once (not at the first step)."""
     cfg = recipe.rl
-    algos = Algorithms.from_config(cfg)
-    if current().world > 1 and algos.estimator.batch_normalised:
-        raise ValueError(f"rl.advantage={cfg.advantage} normalises over the whole batch, which is split over the "
-                         f"{current().world} processes here; use grpo, dr_grpo or rloo, or one process")
-    if cfg.kl_in_reward and cfg.kl_coef != 0 and not algos.estimator.takes_token_rewards:
-        raise ValueError(f"rl.kl_in_reward: rl.advantage={cfg.advantage} takes no per-token rewards; put the KL "
-                         f"in the loss (rl.kl_in_reward=false) or use reinforce_pp or gae")
+    algos = checked_algorithms(cfg)
     sampler = sampler or build_sampler(cfg.sampler, tokenizer)
     reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task)
     prompt_ids = lambda exs: encode_prompts(tokenizer, exs, recipe.prompt)  # noqa: E731
@@ -151,6 +145,18 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
     return RLRun(policy, ref, value_head, opt, source, sampler, prompt_ids, algos, UpdateSettings.from_config(cfg),
                  sample, sampling_params(cfg, eos_ids(tokenizer, policy), cfg.temperature), transforms, generator,
                  tokenizer.pad_token_id, trained, cfg.gamma, cfg.lam)
+
+
+def checked_algorithms(cfg) -> Algorithms:
+    """The recipe's algorithms, resolved; refuses, before anything is built, what they cannot do here."""
+    algos = Algorithms.from_config(cfg)
+    if current().world > 1 and algos.estimator.batch_normalised:
+        raise ValueError(f"rl.advantage={cfg.advantage} normalises over the whole batch, which is split over the "
+                         f"{current().world} processes here; use grpo, dr_grpo or rloo, or one process")
+    if cfg.kl_in_reward and cfg.kl_coef != 0 and not algos.estimator.takes_token_rewards:
+        raise ValueError(f"rl.kl_in_reward: rl.advantage={cfg.advantage} takes no per-token rewards; put the KL "
+                         f"in the loss (rl.kl_in_reward=false) or use reinforce_pp or gae")
+    return algos
 
 
 # ---- one step -----------------------------------------------------------------------------------------------
@@ -249,7 +255,7 @@ def _models(recipe: Recipe, policy, start, device):
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the RL stage into `out/rl`, starting from `rl.init` (default: out/sft if finished, else the base)."""
     cfg, run_cfg, dist = recipe.rl, recipe.run, current()
-    Algorithms.from_config(cfg)  # an unknown or unimportable name fails before any model is built
+    checked_algorithms(cfg)  # an unknown, unimportable or unsupported choice fails before anything is built
     st = open_stage(recipe, out, "rl", cfg.init, resume)
     ref, value_head = _models(recipe, st.model, st.start, st.device)
     trainable = list(st.model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])

@@ -1,4 +1,4 @@
-"""Prefix-RFT in the RL step (ALGORITHMS.md §11; the pure functions are in coldstart.algorithms.prefix):
+"""Prefix-RFT in the RL step (docs/algorithms.md §11; the pure functions are in coldstart.algorithms.prefix):
 sampling groups whose hybrid rows continue a scheduled prefix of the demonstration (`sample_with_prefix`,
 called by the PrefixSource of sample.py), and the prefix tokens' own advantage (`PrefixAdvantage`, a
 post-advantage transform of loop.py). Used when `rl.prefix_rft` is set."""

@@ -1,7 +1,7 @@
 """What changes over an RL run besides the weights: the prompt pool and the sampling temperature.
 
 - `prefilter_pool`: the pass-rate prompt prefilter before training (DUPO §1, RIF-RFT §7, Fleming-R1 §13 of
-  ALGORITHMS.md): keep the prompts whose pass rate over k samples lies in a window; measured once with the
+  docs/algorithms.md): keep the prompts whose pass rate over k samples lies in a window; measured once with the
   starting policy and kept in the trainer state, so a resumed run keeps its pool.
 - `phase_pool`: `rl.curriculum`'s phase pool at the current step (coldstart.curriculum, QwenLong-L1).
 - `tune_temperature`: `rl.target_entropy`'s temperature (coldstart.temperature, AceReason), kept in the

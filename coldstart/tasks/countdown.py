@@ -9,7 +9,7 @@ combines two numbers per step and keeps intermediate results positive integers (
 a/b needs b | a), as in the Countdown game show. A problem's split is the hash of its sorted numbers
 and target (coldstart/tasks/split.py).
 
-Traces (ALGORITHMS.md §16, "Countdown traces", Cai et al. 2505.24273). A solution path, one line per
+Traces (docs/algorithms.md §16, "Countdown traces", Cai et al. 2505.24273). A solution path, one line per
 step with the numbers left, is interleaved with k error paths ordered by branch point. Error path i
 shares the first b_i steps of the solution, takes a different step there (one that changes the numbers
 left) and runs to a final value that is not the target, then backtracks:
