@@ -159,3 +159,17 @@ def test_bad_inputs_raise():
         ADVANTAGES["dr_grpo"](SCORES, MASK[:5], 3)
     with pytest.raises(ValueError, match="NaN"):
         ADVANTAGES["dr_grpo"](torch.tensor([1.0, float("nan")]), MASK[:2], 2)
+
+
+def test_reinforce_pp_baseline_centres_per_group_then_whitens_over_the_batch():
+    # verl's compute_rf_baseline_outcome_advantage: scores − group mean on every token, then masked_whiten
+    adv, m = ADVANTAGES["reinforce_pp_baseline"](SCORES, MASK, 3)
+    centred = _rows([2 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0])
+    n = MASK.sum()  # 11 masked tokens: 3×(2/3), 3×(−1/3), 5×0
+    mean = (centred * MASK).sum() / n
+    var = (((centred - mean) ** 2) * MASK).sum() / (n - 1)
+    expected = (centred - mean) / math.sqrt(var + 1e-6) * MASK
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert adv[0, 0] > 0 > adv[1, 0] and adv[3, 0] == pytest.approx(float(-mean / math.sqrt(var + 1e-6)), abs=1e-6)
+    assert m["groups/zero_std_frac"] == 0.5
+    assert ADVANTAGES["reinforce_pp_baseline"].batch_normalised  # refused under several processes

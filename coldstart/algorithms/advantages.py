@@ -16,6 +16,9 @@ Rows are grouped prompt-major: row i belongs to group i // group_size. The advan
 - `reinforce_pp` (REINFORCE++, Hu 2025; verl's `reinforce_plus_plus`): token rewards = the score on the
   last valid token + `token_rewards` (e.g. −β·KL per token), discounted return-to-go with `gamma`, then
   whitened over all masked tokens of the batch (no group baseline).
+- `reinforce_pp_baseline` (verl's `reinforce_plus_plus_baseline`, REINFORCE++ with a group baseline): the
+  score minus its group's mean, on every token, then whitened over all masked tokens of the batch, as verl's
+  `compute_rf_baseline_outcome_advantage` does (verl's eps is 1e-8; we reuse `eps`).
 - `gae` (§23 ReFT, PPO): the same token rewards, then GAE(γ, λ) against `values`, then global whitening,
   as ReFT does. The PPO loop also needs the returns for the value loss: it calls the public `gae()` helper.
 
@@ -245,6 +248,26 @@ def reinforce_pp(
     return adv, _metrics(adv, mask, scores, group_size)
 
 
+def reinforce_pp_baseline(
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    *,
+    token_rewards: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, Metrics]:
+    """REINFORCE++-baseline: (N,) scores → (N, T) group-centred scores, whitened over the batch's masked tokens."""
+    _no_token_inputs("reinforce_pp_baseline", token_rewards, values)
+    scores, mask = _check(scores, mask, group_size)
+    groups = scores.view(-1, group_size)
+    centred = (groups - groups.mean(-1, keepdim=True)).flatten()
+    adv = masked_whiten(_broadcast(centred, mask), mask, eps)
+    return adv, _metrics(adv, mask, scores, group_size)
+
+
 def gae_advantage(
     scores: torch.Tensor,
     mask: torch.Tensor,
@@ -272,5 +295,6 @@ ADVANTAGES: dict[str, Estimator] = {
     "dr_grpo": Estimator(dr_grpo),
     "rloo": Estimator(rloo),
     "reinforce_pp": Estimator(reinforce_pp, batch_normalised=True, takes_token_rewards=True),
+    "reinforce_pp_baseline": Estimator(reinforce_pp_baseline, batch_normalised=True),
     "gae": Estimator(gae_advantage, needs_values=True, batch_normalised=True, takes_token_rewards=True),
 }
