@@ -54,17 +54,6 @@ def test_a_raising_reward_is_counted_and_training_goes_on(tmp_path, tiny_overrid
     assert len(metrics) == 3 and all(r["reward/errors"] == 16 for r in metrics)
 
 
-def test_dynamic_filter_and_other_estimators_run(tmp_path, tiny_overrides):
-    for i, extra in enumerate([["rl.filter=dynamic", "rl.advantage=dr_grpo", "rl.loss_agg=constant"],
-                               ["rl.advantage=rloo", "rl.epochs=2", "rl.minibatch_size=8", "rl.micro_batch_size=4"],
-                               ["rl.advantage=reinforce_pp", "rl.kl_coef=0.05", "rl.kl_in_reward=true"],
-                               ["rl.advantage=gae", "rl.kl_coef=0.05", "rl.kl_in_reward=true"]]):
-        out = tmp_path / f"v{i}"
-        assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model",
-                     "rl.steps=2", *extra]) == 0, extra
-        assert len(rows(out / "rl" / "metrics.jsonl")) == 2
-
-
 def test_sigkill_mid_rl_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
     base = tmp_path / "sft-once"
     assert main(["sft", "recipes/demo.yaml", "--out", str(base), *tiny_overrides]) == 0
