@@ -277,9 +277,9 @@ def fsdp_refusals(recipe, stage: str) -> list[str]:
 
 def _estimator(cfg):
     """The registry entry of `rl.advantage` (it says whether the estimator needs a value head)."""
-    from .rl.records import Algorithms
+    from .algorithms import ADVANTAGES, Estimator, resolve
 
-    return Algorithms.from_config(cfg).estimator
+    return resolve(ADVANTAGES, cfg.advantage, Estimator, "rl.advantage")
 
 
 def _inner(optimizer) -> torch.optim.Optimizer:

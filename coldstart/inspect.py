@@ -256,13 +256,13 @@ def verdict(report: dict[str, Any], recipe: Recipe) -> list[dict[str, str]]:
 
 def _verdict_groups(g: dict, start_is_base: bool, cfg, add) -> None:
     """Verdict lines about flat groups (all-0, all-1, reward std 0)."""
-    from .rl.records import Algorithms
+    from .algorithms import FILTERS, Filter, resolve
 
     if g["all0_frac"] >= 0.8:
         fix = ("run SFT first (coldstart sft RECIPE --out DIR: RL starts from DIR/sft) or use rl.filter: dynamic"
                if start_is_base else "train SFT longer (sft.epochs, sft.traces), use an easier task, or use "
                "rl.filter: dynamic")
-        if Algorithms.from_config(cfg).filter.refills:
+        if resolve(FILTERS, cfg.filter, Filter, "rl.filter").refills:
             fix += (f" (rl.filter is already dynamic, but it resamples at most max_resample={cfg.max_resample} "
                     "rounds per step: with this few informative groups most steps stay flat)")
         add("error", f"{g['all0_frac']:.0%} of groups are all-0 (no sample correct): RL gets no signal from them; "

@@ -55,6 +55,10 @@ class Filter:
     needs_generator: bool = False  # draws from the run's sampling generator (saved with every checkpoint)
     select: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None
 
+    def __post_init__(self) -> None:
+        if self.acts_on == "sequences" and self.select is None:
+            raise ValueError("a Filter that acts on sequences needs `select` (it chooses the rows)")
+
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict[str, float]]:
         return self.fn(*args, **kwargs)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..algorithms import gae, kl_penalty, outcome_token_rewards, pad_select
+from ..algorithms import gae, kl_penalty, outcome_token_rewards
 from ..algorithms.turn_credit import REWEIGHTING_CREDITS
 from ..checkpoint import finalize_stage, load_trainer_state
 from ..config import Recipe
@@ -118,11 +118,12 @@ class RLRun:
 
 
 def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head=None, reward_fn=None,
-              sampler=None, generator=None, trained=None) -> RLRun:
-    """The RLRun of `recipe` around a policy and its optimizer: rollout source, resolved algorithms, settings
-    and post-advantage transforms. Refuses what cannot run, at once (not at the first step)."""
+              sampler=None, generator=None, trained=None, algos: Algorithms | None = None) -> RLRun:
+    """The RLRun of `recipe` around a policy and its optimizer: rollout source, resolved algorithms (`algos`,
+    or resolved and checked here), settings and post-advantage transforms. Refuses what cannot run, at once
+    (not at the first step)."""
     cfg = recipe.rl
-    algos = checked_algorithms(cfg)
+    algos = algos or checked_algorithms(cfg)
     sampler = sampler or build_sampler(cfg.sampler, tokenizer)
     reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task)
     prompt_ids = lambda exs: encode_prompts(tokenizer, exs, recipe.prompt)  # noqa: E731
@@ -136,13 +137,14 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
         transforms.append(PrefixAdvantage(cfg.group_size, cfg.prefix_rft.entropy_top, algos.estimator.std_normalised))
     if algos.filter.acts_on == "sequences":
         pad = cfg.pad
-        transforms.append(SequenceSelection(algos.filter.select or pad_select,
+        transforms.append(SequenceSelection(algos.filter.select,
                                             {"t_low": pad.t_low, "t_high": pad.t_high, "rho": pad.rho},
                                             pad.tau_start, pad.tau_end, cfg.steps, generator))
     sample = SampleSettings(cfg.prompts_per_step, cfg.group_size,
                             1 + (cfg.max_resample if algos.filter.refills else 0), recipe.run.seed,
                             cfg.curriculum is not None)
-    return RLRun(policy, ref, value_head, opt, source, sampler, prompt_ids, algos, UpdateSettings.from_config(cfg),
+    return RLRun(policy, ref, value_head, opt, source, sampler, prompt_ids, algos,
+                 UpdateSettings.from_config(cfg, algos.aggregation),
                  sample, sampling_params(cfg, eos_ids(tokenizer, policy), cfg.temperature), transforms, generator,
                  tokenizer.pad_token_id, trained, cfg.gamma, cfg.lam)
 
@@ -163,7 +165,7 @@ def checked_algorithms(cfg) -> Algorithms:
 def rl_step(run: RLRun, pool: list[Example], state: TrainerState) -> dict:
     """One RL step: sample → reward → filter → advantage → transforms → update. Returns the step's metrics
     row (this rank's)."""
-    temperature = run.update.temperature if state.temperature is None else state.temperature
+    temperature = state.temperature_or(run.update.temperature)
     settings = dataclasses.replace(run.update, temperature=temperature)
     batch = sample_step(run.policy, run.source, run.algorithms.filter, pool, state, run.sample,
                         dataclasses.replace(run.params, temperature=temperature), run.generator, run.pad_id)
@@ -238,7 +240,7 @@ def warn_flat(row: dict, state: TrainerState) -> None:
                           f"{why}. (`rl.filter: dynamic` resamples such groups.)")
 
 
-def _models(recipe: Recipe, policy, start, device):
+def _models(recipe: Recipe, policy, start, device, estimator):
     """The reference policy (rl.kl_coef ≠ 0; with LoRA the policy with its adapter off, no second copy) and
     the value head (an estimator that needs values), zero-initialised."""
     cfg, ref = recipe.rl, None
@@ -246,7 +248,7 @@ def _models(recipe: Recipe, policy, start, device):
         ref = (AdapterOff(policy) if is_lora(policy)
                else load_model(start, recipe.run.dtype, device).eval().requires_grad_(False))
     value_head = None
-    if Algorithms.from_config(cfg).estimator.needs_values:
+    if estimator.needs_values:
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device)
         torch.nn.init.zeros_(value_head.weight), torch.nn.init.zeros_(value_head.bias)
     return ref, value_head
@@ -255,9 +257,9 @@ def _models(recipe: Recipe, policy, start, device):
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the RL stage into `out/rl`, starting from `rl.init` (default: out/sft if finished, else the base)."""
     cfg, run_cfg, dist = recipe.rl, recipe.run, current()
-    checked_algorithms(cfg)  # an unknown, unimportable or unsupported choice fails before anything is built
+    algos = checked_algorithms(cfg)  # an unknown, unimportable or unsupported choice fails before anything is built
     st = open_stage(recipe, out, "rl", cfg.init, resume)
-    ref, value_head = _models(recipe, st.model, st.start, st.device)
+    ref, value_head = _models(recipe, st.model, st.start, st.device, algos.estimator)
     trainable = list(st.model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
     opt = build_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = build_scheduler(opt, cfg.schedule, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
@@ -274,7 +276,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     log = MetricsLog(st.dir / "metrics.jsonl", resume_step=state.step if st.ckpt else None) if dist.is_main else None
     nonfinite = NonFinite("rl", run_cfg.max_nonfinite_steps, state.nonfinite)
     trained, opt = dist.prepare(st.model, opt, st.ckpt, recipe, "rl")  # FSDP loads the optimizer state here
-    run = build_run(recipe, st.model, st.tokenizer, st.task, opt, ref, value_head, reward_fn, sampler, gen, trained)
+    run = build_run(recipe, st.model, st.tokenizer, st.task, opt, ref, value_head, reward_fn, sampler, gen, trained,
+                    algos)
     full_pool = training_pool(st.model, st.tokenizer, st.task, pool, state, recipe)
     console.print(f"rl: from {st.start}, {cfg.steps} steps of {cfg.prompts_per_step}×{cfg.group_size}, "
                   f"advantage={cfg.advantage}, filter={cfg.filter}, device={st.device}"
@@ -306,8 +309,8 @@ def _loop(run: RLRun, recipe: Recipe, full_pool, val, state: TrainerState, st, s
         while state.step < cfg.steps:
             pool, phase = phase_pool(full_pool, state, cfg.curriculum, cfg.steps, recipe.run.seed)
             probe = tune_temperature(run.policy, run.sampler, pool, state, recipe, run.prompt_ids, run.params)
-            temperature = cfg.temperature if state.temperature is None else state.temperature
-            row = {"step": state.step + 1, **rl_step(run, pool, state), "temperature": temperature, **probe, **phase}
+            row = {"step": state.step + 1, **rl_step(run, pool, state),
+                   "temperature": state.temperature_or(cfg.temperature), **probe, **phase}
             with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()

@@ -87,6 +87,10 @@ class TrainerState:
 
     _OPTIONAL = ("temperature", "pool_ids", "curriculum")
 
+    def temperature_or(self, default: float) -> float:
+        """The tuned sampling temperature, or `default` (rl.temperature) until rl.target_entropy tunes one."""
+        return default if self.temperature is None else self.temperature
+
     def to_dict(self) -> dict[str, Any]:
         """The state.json object: the counters, the NonFinite counters flat, optional keys only when set."""
         out = {k: getattr(self, k) for k in ("step", "cursor", "best", "elapsed", "flat_steps")}
@@ -143,13 +147,15 @@ class UpdateSettings:
     vf_coef: float
 
     @classmethod
-    def from_config(cls, cfg: RLConfig) -> UpdateSettings:
-        """The update settings of `rl.*` (the temperature is replaced per step when rl.target_entropy tunes it)."""
+    def from_config(cls, cfg: RLConfig, aggregation: Aggregation | None = None) -> UpdateSettings:
+        """The update settings of `rl.*` (the temperature is replaced per step when rl.target_entropy tunes it);
+        `aggregation`: rl.loss_agg's entry when the caller has resolved it already."""
         pr = cfg.prefix_rft
+        aggregation = aggregation or resolve(AGGREGATIONS, cfg.loss_agg, Aggregation, "rl.loss_agg")
         return cls(epochs=cfg.epochs, minibatch_size=cfg.minibatch_size, micro_batch_size=cfg.micro_batch_size,
                    grad_clip=cfg.grad_clip, overlong_filter=cfg.overlong_filter, temperature=cfg.temperature,
                    eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                    prefix_eps=None if pr is None else (pr.eps_low, pr.eps_high), dual_clip=cfg.dual_clip,
-                   loss_agg=cfg.loss_agg, aggregation=resolve(AGGREGATIONS, cfg.loss_agg, Aggregation, "rl.loss_agg"),
+                   loss_agg=cfg.loss_agg, aggregation=aggregation,
                    max_tokens=cfg.max_new_tokens, kl_coef=cfg.kl_coef, kl_type=cfg.kl_type,
                    kl_in_reward=cfg.kl_in_reward, entropy_coef=cfg.entropy_coef, vf_coef=cfg.vf_coef)

@@ -97,18 +97,27 @@ class PlainSource:
 
 
 @dataclass
-class PrefixSource(PlainSource):
-    """Prefix-RFT: per prompt G−k on-policy rows and k hybrids continuing its demonstration's prefix."""
+class PrefixSource:
+    """Prefix-RFT: per prompt G−k on-policy rows and k hybrids continuing its demonstration's prefix; `rl.rewards`
+    score them as PlainSource does."""
 
-    demo_ids: Any = None  # examples → demonstration token ids (the SFT target, eos appended)
-    prefix: Any = None  # rl.prefix_rft
-    steps: int = 1
+    sampler: Any
+    reward_fn: Any
+    prompt_ids: Any  # examples → list of prompt token ids
+    group_size: int
+    demo_ids: Any  # examples → demonstration token ids (the SFT target, eos appended)
+    prefix: Any  # rl.prefix_rft
+    steps: int  # rl.steps (the prefix schedule runs over them)
 
     def sample(self, policy, examples, params, generator, seeds, step) -> Drawn:
         """(B,) examples → Drawn with B×G rows, the hybrids' prefix tokens marked in `prefix_mask`."""
         return Drawn(sample_with_prefix(policy, self.sampler, self.prompt_ids(examples), self.demo_ids(examples),
                                         params, generator, step, self.steps, self.prefix, self.group_size,
                                         seeds))
+
+    def score(self, examples, drawn) -> tuple[torch.Tensor, Any]:
+        """(N,) rewards and the RewardResult."""
+        return score(self.reward_fn, examples, drawn.rollouts, self.group_size)
 
 
 @dataclass
