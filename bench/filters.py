@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from coldstart import rl, sft
-from coldstart.checkpoint import is_complete
 from coldstart.cli import _quiet_libraries
-from coldstart.demo import _arm, demo_recipe
-from coldstart.pipeline import base_model
+from coldstart.infra.checkpoint import is_complete
+from coldstart.infra.stage import base_model
+from coldstart.tools.demo import _arm, demo_recipe
 
 FILTERS = ("none", "dynamic", "dupo", "pad")
 
@@ -46,7 +46,7 @@ def main() -> None:
         if not is_complete(out / name / "rl"):
             rl.train(arm, out / name)
         metrics = [json.loads(x) for x in (out / name / "rl" / "metrics.jsonl").read_text().splitlines()]
-        evals = [(m["step"], m["time/elapsed_s"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
+        evals = [(m["step"], m["time/elapsed_s"], m["val/accuracy"]) for m in metrics if "val/accuracy" in m]
         hit = next(((s, t) for s, t, a in evals if a >= args.target), None)
         rows.append((name, hit, max(a for _, _, a in evals), metrics[-1]["time/elapsed_s"],
                      sum(m["time/generate_s"] for m in metrics) / len(metrics)))

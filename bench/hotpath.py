@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rlbench import SIZES, ColdstartArm, Setup, make_model_folder  # noqa: E402
 
-from coldstart import logprobs  # noqa: E402
 from coldstart.algorithms import policy_loss  # noqa: E402
+from coldstart.rl import logprobs  # noqa: E402
 
 
 def batched_token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

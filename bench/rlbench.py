@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from coldstart.config import load_recipe  # noqa: E402
 from coldstart.evaluate import evaluate_greedy  # noqa: E402
+from coldstart.infra.runtime import build_optimizer  # noqa: E402
 from coldstart.models import (  # noqa: E402
     build_char_tokenizer,
     build_tiny_model,
@@ -46,7 +47,6 @@ from coldstart.prompts import build_messages  # noqa: E402
 from coldstart.rewards import CombinedReward, RewardPart  # noqa: E402
 from coldstart.rl import TrainerState, build_run, rl_step  # noqa: E402
 from coldstart.rollout import build_sampler  # noqa: E402
-from coldstart.runtime import build_optimizer  # noqa: E402
 from coldstart.tasks import build_task  # noqa: E402
 from coldstart.types import Example  # noqa: E402
 

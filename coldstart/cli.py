@@ -25,9 +25,6 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# Each training stage: `module:function(recipe, out, resume=False) -> stage folder`.
-STAGES = {"sft": "coldstart.sft:train", "rsft": "coldstart.rsft:train", "rl": "coldstart.rl:train",
-          "dpo": "coldstart.dpo:train"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,16 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("demo", "report", "doctor"):
         args.overrides = [*args.overrides, *extra]
     if args.command == "doctor":  # before importing transformers, which may be what is broken
-        from .doctor import run_doctor
+        from .tools.doctor import run_doctor
 
         return run_doctor()
     _quiet_libraries()
     from .config import ConfigError, load_recipe, save_recipe
-    from .runtime import console
+    from .infra.runtime import console
 
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from .tools.demo import run_demo
 
             run_demo(Path(args.out), quick=args.quick)
             return 0
@@ -118,16 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_side(args) -> int:
-    """`inspect` and `report` (coldstart/inspect.py, report.py)."""
-    from .runtime import console
+    """`inspect` and `report` (coldstart/tools/inspect.py, report.py)."""
+    from .infra.runtime import console
 
     if args.command == "report":
-        from .report import build_report
+        from .tools.report import build_report
 
         console.print(f"report: {build_report(Path(args.dir))}")
         return 0
     from .config import load_recipe
-    from .inspect import inspect_recipe, print_report
+    from .tools.inspect import inspect_recipe, print_report
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or recipe.run.out)
@@ -141,9 +138,10 @@ def run_stages(recipe, out: Path, stages: tuple[str, ...], resume: bool) -> None
     """Run the named stages in order; a finished stage is skipped by `run` unless asked for alone."""
     import importlib
 
-    from .checkpoint import is_complete
+    from .config import TRAINING_STAGES
     from .evaluate import run_eval
-    from .runtime import console
+    from .infra.checkpoint import is_complete
+    from .infra.runtime import console
 
     for stage in stages:
         if stage == "eval":
@@ -152,7 +150,7 @@ def run_stages(recipe, out: Path, stages: tuple[str, ...], resume: bool) -> None
         if len(stages) > 1 and is_complete(out / stage):
             console.print(f"{stage}: already complete in {out / stage}, skipped")
             continue
-        module, fn = STAGES[stage].split(":")
+        module, fn = TRAINING_STAGES[stage].train.split(":")
         getattr(importlib.import_module(module), fn)(recipe, out, resume=resume)
 
 

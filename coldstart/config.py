@@ -9,6 +9,7 @@ The resolved recipe is written as `config.yaml` into the run folder and every st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-TRAINING_STAGES = ("sft", "rsft", "dpo", "rl")  # every stage that trains a model; `eval` evaluates them
+@dataclass(frozen=True)
+class StageEntry:
+    """A training stage: where its `train(recipe, out, resume=False) -> stage folder` lives, and what it can do."""
+
+    train: str  # module:function
+    fsdp: bool  # runs with FSDP-sharded weights (recipes/accelerate/fsdp.yaml); every stage runs under DDP
+
+
+# The stage registry: every stage that trains a model, in pipeline order (`eval` evaluates them). The CLI, the
+# stage start, the FSDP refusals and the report read it; a new stage is one entry here and its module.
+TRAINING_STAGES: dict[str, StageEntry] = {
+    "sft": StageEntry("coldstart.sft:train", fsdp=True),
+    "rsft": StageEntry("coldstart.rsft:train", fsdp=False),
+    "dpo": StageEntry("coldstart.dpo:train", fsdp=False),
+    "rl": StageEntry("coldstart.rl:train", fsdp=True),
+}
 
 
 class RunConfig(Section):
@@ -90,6 +106,7 @@ class SFTConfig(Section):
     grad_clip: float = 1.0  # clip the global gradient norm to this
     eval_every: int = 50  # validation loss + greedy accuracy on the val split; 0 disables
     patience: int = 0  # early stop after this many evaluations without a better val accuracy; 0 disables
+    keep_best: bool = True  # export the checkpoint with the best val accuracy (else the last step)
     save_every: int = 100  # checkpoint for --resume; 0: only at the end
     max_new_tokens: int = 128  # completion budget of the greedy val accuracy
     max_seconds: float | None = None  # wall-clock cap (used by the demo's equal-compute arm)
@@ -221,8 +238,8 @@ class RLConfig(Section):
     gamma: float = 1.0  # discount (gae, reinforce_pp)
     lam: float = 0.95  # GAE λ
     vf_coef: float = 0.5  # gae only: value-head loss weight
-    eval_every: int = 0  # evaluate on the val split every N steps (eval/... metrics); 0: never during RL
-    eval_samples: int = 0  # k samples per val prompt for eval/pass@k, maj@k, mean@k (0: greedy metrics only)
+    eval_every: int = 0  # evaluate on the val split every N steps (val/... metrics); 0: never during RL
+    eval_samples: int = 0  # k samples per val prompt for val/pass@k, maj@k, mean@k (0: greedy metrics only)
     keep_best: bool = True  # export the checkpoint with the best val accuracy (when eval_every > 0)
     save_every: int = 10  # checkpoint for --resume every N steps
     max_seconds: float | None = None  # wall-clock cap
@@ -273,6 +290,7 @@ class DPOConfig(Section):
     grad_clip: float = 1.0  # max gradient norm
     max_new_tokens: int = 128  # length of the sampled completions (pairs from rollouts / task)
     eval_every: int = 0  # greedy accuracy on the val split every N steps (keeps the best); 0 disables
+    keep_best: bool = True  # export the checkpoint with the best val accuracy (else the last step)
     save_every: int = 50  # checkpoint for --resume; 0: only at the end
 
 

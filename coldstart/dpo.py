@@ -29,23 +29,22 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .algorithms.preference import NEEDS_REFERENCE, PREFERENCE_LOSSES
-from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
-from .distributed import current, strided_share
 from .evaluate import encode_prompts, evaluate_greedy
+from .infra.books import VAL_ACCURACY, StageRun, StageState
+from .infra.distributed import current, strided_share
+from .infra.runtime import build_optimizer, build_scheduler, console, progress
+from .infra.stage import open_stage
 from .models import eos_ids, is_lora, load_model
-from .pipeline import open_stage
 from .prompts import render_prompt, render_target
 from .rl import prompt_seed
 from .rollout import SamplingParams, build_sampler
-from .runtime import MetricsLog, build_optimizer, build_scheduler, console, progress, save_on_main
 from .sft import batch_for_step
 from .types import Example
 
@@ -200,73 +199,58 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the preference stage into `out/dpo` from `dpo.init` (default: the last finished earlier stage)."""
     cfg, run, dist = recipe.dpo, recipe.run, current()
     st = open_stage(recipe, out, "dpo", cfg.init, resume)
-    stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
-    pad_id = tokenizer.pad_token_id
-    pairs = _load_pairs(recipe, stage, task, model, tokenizer, ckpt)
+    device, task, tokenizer, model = st.device, st.task, st.tokenizer, st.model
+    pairs = _load_pairs(recipe, st.dir, task, model, tokenizer, st.ckpt)
     encoded = encode_pairs(tokenizer, pairs, recipe.prompt.strategy, recipe.prompt.system)
-    ref_logps = None
-    if NEEDS_REFERENCE[cfg.loss]:
-        if is_lora(model):
-            with model.disable_adapter():
-                ref_logps = reference_logps(model, encoded, pad_id, device, cfg.batch_size)
-        else:
-            ref = load_model(st.start, run.dtype, device).eval()
-            ref_logps = reference_logps(ref, encoded, pad_id, device, cfg.batch_size)
-            del ref
+    ref_logps = _reference(recipe, st, encoded) if NEEDS_REFERENCE[cfg.loss] else None
     val = task.examples("val", recipe.task.val_size, run.seed)
     per_epoch = math.ceil(len(encoded) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     sched = build_scheduler(opt, cfg.schedule, total, cfg.warmup, cfg.min_lr_ratio)
-    state = {"step": 0, "best": None, "elapsed": 0.0, "pairs": len(pairs)}
-    if ckpt is not None:
-        state = load_trainer_state(ckpt, opt, sched)
-        console.print(f"dpo: resumed from {ckpt} at step {state['step']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
-    trained, opt = dist.prepare(model, opt)  # DDP's wrapper on several ranks; `model` evaluates and is saved
+    books = StageRun("dpo", st, StageState(counters={"pairs": len(pairs)}), optimizer=opt, scheduler=sched,
+                     keep_best=cfg.keep_best, save_every=cfg.save_every, max_nonfinite=run.max_nonfinite_steps,
+                     lora=recipe.model.lora is not None)
+    trained, books.optimizer = dist.prepare(model, opt)  # DDP's wrapper on several ranks; `model` evaluates, is saved
     console.print(f"dpo: {len(pairs)} pairs ({cfg.pairs}), loss={cfg.loss}, {total} steps of {cfg.batch_size}, "
                   f"from {st.start}, device={device}" + (f", {dist.world} processes" if dist.world > 1 else ""))
-    save = lambda name=None: save_on_main(stage, model, tokenizer, state, "dpo", opt, sched, name=name)  # noqa: E731
-    t_start = time.perf_counter() - state["elapsed"]
+    state = books.state
+    books.start_clock()
     with progress(run.quiet) as bar:
-        bar_id = bar.add_task("dpo", total=total, completed=state["step"], info="")
-        while state["step"] < total:
-            idx = batch_for_step(len(encoded), state["step"], cfg.batch_size, run.seed)
-            loss, metrics, grad_norm = preference_step(trained, encoded, ref_logps, idx, cfg, pad_id, device)
-            if loss is None:
-                raise FloatingPointError(f"dpo: non-finite loss or gradient at step {state['step'] + 1}; "
-                                         "the last checkpoint is kept")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        bar_id = bar.add_task("dpo", total=total, completed=state.step, info="")
+        while state.step < total:
+            idx = batch_for_step(len(encoded), state.step, cfg.batch_size, run.seed)
+            loss, metrics, grad_norm = preference_step(trained, encoded, ref_logps, idx, cfg, tokenizer.pad_token_id,
+                                                       device)
+            if not books.skip_step(loss is not None):
+                books.optimizer.step()
+            books.optimizer.zero_grad(set_to_none=True)
             sched.step()
-            state["step"] += 1
-            state["elapsed"] = time.perf_counter() - t_start
-            row = {"step": state["step"], "loss": loss, **metrics, "grad_norm": grad_norm,
-                   "lr": sched.get_last_lr()[0], "epoch": state["step"] / per_epoch,
-                   "time/elapsed_s": state["elapsed"]}
+            books.advance()
+            row = {"step": state.step, "loss": loss, **metrics, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
+                   "epoch": state.step / per_epoch, "time/elapsed_s": state.elapsed,
+                   "nonfinite_steps": books.nonfinite_total}
             if dist.world > 1:
-                row["dist/param_checksum"] = dist.check_in_sync(model, state["step"])
-            if cfg.eval_every and val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
-                row["val/accuracy"] = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
-                                                      recipe.eval.batch_size)["accuracy"]
-                if state["best"] is None or row["val/accuracy"] > state["best"]:
-                    state["best"] = row["val/accuracy"]
-                    save("best")
-            if log is not None:
-                log.write(row)
-            bar.update(bar_id, completed=state["step"], info=f"loss {row['loss']:.3f}")
-            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
-                save()
-    last = save()
-    best = stage / "checkpoints" / "best"
-    final = best if best.is_dir() else last
-    summary = {"stage": "dpo", "steps": state["step"], "pairs": len(pairs), "best_val_accuracy": state["best"],
-               "seconds": state["elapsed"]}
-    if dist.is_main:
-        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
-    dist.barrier()
-    console.print(f"dpo: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
-    return stage
+                row["dist/param_checksum"] = dist.check_in_sync(model, state.step)
+            if cfg.eval_every and val and (state.step % cfg.eval_every == 0 or state.step == total):
+                row[VAL_ACCURACY] = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
+                                                    recipe.eval.batch_size)["accuracy"]
+                books.track_best(row[VAL_ACCURACY])
+            books.write(row)
+            bar.update(bar_id, completed=state.step, info=f"loss {row['loss'] or float('nan'):.3f}")
+            books.save_if_due(total)
+    return books.finish({"pairs": len(pairs)})
+
+
+def _reference(recipe: Recipe, st, encoded) -> torch.Tensor:
+    """The frozen start model's sequence log-probs (n_pairs, 2) of (chosen, rejected), computed once: with
+    LoRA the policy with its adapter off, else a second copy of the start model, freed afterwards."""
+    pad_id, bs = st.tokenizer.pad_token_id, recipe.dpo.batch_size
+    if is_lora(st.model):
+        with st.model.disable_adapter():
+            return reference_logps(st.model, encoded, pad_id, st.device, bs)
+    ref = load_model(st.start, recipe.run.dtype, st.device).eval()
+    return reference_logps(ref, encoded, pad_id, st.device, bs)
 
 
 def preference_step(model, encoded, ref_logps: torch.Tensor | None, idx: list[int], cfg, pad_id: int, device

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import is_complete
 from .config import EvalConfig, PromptConfig, Recipe
+from .infra.checkpoint import is_complete
 from .metrics import count_reflections, maj_at_k, pass_at_k
 from .models import eos_ids, load_model, load_tokenizer
 from .prompts import render_prompt
@@ -114,9 +114,9 @@ def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dic
     """Evaluate each finished stage folder in `out` on the same test split; write `out/eval.json`.
     Under several processes each evaluates its share of the split (every world-th problem) and rank 0
     writes the merged result (greedy metrics equal the single-process ones; sampled ones use other noise)."""
-    from .distributed import current
-    from .pipeline import base_model, build_task_from
-    from .runtime import console, setup
+    from .infra.distributed import current
+    from .infra.runtime import console, setup
+    from .infra.stage import base_model, build_task_from
 
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
     task = build_task_from(recipe)

@@ -44,17 +44,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
-from .distributed import current
 from .evaluate import encode_prompts, evaluate_greedy, sample_texts
 from .hints import DEFAULT_HINTS, hinted_prefixes
+from .infra.books import VAL_ACCURACY, StageRun, StageState
+from .infra.distributed import current
+from .infra.runtime import build_optimizer, console, progress
+from .infra.stage import open_stage
 from .models import eos_ids
-from .pipeline import open_stage
 from .rewards import build_reward
 from .rl import prompt_batch, prompt_seed
 from .rollout import SamplingParams
-from .runtime import MetricsLog, build_optimizer, console, progress, save_on_main
 from .sft import Encoded, batch_for_step, packing_supported, train_step
 from .types import Example
 
@@ -168,10 +168,11 @@ def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: 
 
 
 def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int, grad_clip: float, pack: bool,
-                pad_id: int, seed: int, device) -> tuple[float | None, int]:
+                pad_id: int, seed: int, device, skip=lambda finite: not finite) -> tuple[float | None, int]:
     """SFT passes over one round's kept sequences (the same list on every rank; `batch_size` is the global
-    batch, trained by coldstart.sft's step); returns the mean loss over steps (None if no data) and the
-    number of optimizer steps. Raises FloatingPointError on a NaN / inf loss or gradient (no step taken)."""
+    batch, trained by coldstart.sft's step); returns the mean loss over the finite steps (None if none) and the
+    number of optimizer steps. `skip(finite)` says whether a step is skipped (StageRun.skip_step: a NaN / inf
+    loss or gradient is skipped and counted, too many in a row raise FloatingPointError)."""
     if not seqs:
         return None, 0
     steps = max(1, math.ceil(epochs * math.ceil(len(seqs) / batch_size)))
@@ -180,80 +181,60 @@ def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int,
     for step in range(steps):
         batch = [seqs[i] for i in batch_for_step(len(seqs), step, batch_size, seed)]
         loss, _, grad_norm = train_step(model, opt, batch, pack, pad_id, device, grad_clip, current())
-        if loss is None or grad_norm is None:
-            raise FloatingPointError(f"rsft: non-finite loss or gradient at step {step} of the round")
-        opt.step()
+        if not skip(loss is not None and grad_norm is not None):
+            opt.step()
+            losses.append(loss)
         opt.zero_grad(set_to_none=True)
-        losses.append(loss)
-    return sum(losses) / len(losses), steps
+    return (sum(losses) / len(losses) if losses else None), len(losses)
 
 
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the rsft stage into `out/rsft` (start: rsft.init, `auto` = the last finished stage before it in
-    run.stages, else the base model); return that folder."""
+    run.stages, else the base model); return that folder. A step is a round."""
     cfg, run, dist = recipe.rsft, recipe.run, current()
     st = open_stage(recipe, out, "rsft", cfg.init, resume)
-    stage, device, task, tokenizer, model = st.dir, st.device, st.task, st.tokenizer, st.model
-    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=task)
-    pool = task.examples("train", recipe.task.train_size, run.seed)
-    val = task.examples("val", recipe.task.val_size, run.seed)
-    pack = cfg.pack and packing_supported(model, device)
-    opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    # `step` mirrors `round` for save_on_main
-    state: dict[str, Any] = {"round": 0, "step": 0, "cursor": 0, "best": None, "elapsed": 0.0, "kept_total": 0}
-    if st.ckpt is not None:
-        state = load_trainer_state(st.ckpt, opt)
-        state.setdefault("step", state["round"])
-        console.print(f"rsft: resumed from {st.ckpt} after round {state['round']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["round"] if st.ckpt else None) if dist.is_main else None
-    trained, opt = dist.prepare(model, opt)  # DDP's wrapper on several ranks; `model` samples and is saved
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task)
+    pool = st.task.examples("train", recipe.task.train_size, run.seed)
+    val = st.task.examples("val", recipe.task.val_size, run.seed)
+    pack = cfg.pack and packing_supported(st.model, st.device)
+    opt = build_optimizer(st.model.parameters(), cfg.lr, cfg.weight_decay)
+    books = StageRun("rsft", st, StageState(counters={"cursor": 0, "kept_total": 0}), optimizer=opt,
+                     keep_best=cfg.keep_best, max_nonfinite=run.max_nonfinite_steps,
+                     lora=recipe.model.lora is not None)
+    trained, books.optimizer = dist.prepare(st.model, opt)  # DDP's wrapper on several ranks; `model` samples, is saved
     console.print(f"rsft: from {st.start}, {cfg.rounds} rounds of {cfg.prompts_per_round}×{cfg.samples_per_prompt} "
-                  f"samples, hints={cfg.hints}, device={device}"
+                  f"samples, hints={cfg.hints}, device={st.device}"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
-    t_start = time.perf_counter() - state["elapsed"]
-    last = st.ckpt
+    state = books.state
+    books.start_clock()
     with progress(run.quiet) as bar:
-        bar_id = bar.add_task("rsft", total=cfg.rounds, completed=state["round"], info="")
-        while state["round"] < cfg.rounds:
-            r = state["round"] + 1
-            row = {"step": r, **_round(model, trained, tokenizer, opt, task, reward_fn, pool, val, recipe, state,
-                                       pack, device, r, stage)}
-            state["round"] = state["step"] = r
-            state["elapsed"] = time.perf_counter() - t_start
-            row["time/elapsed_s"] = state["elapsed"]
+        bar_id = bar.add_task("rsft", total=cfg.rounds, completed=state.step, info="")
+        while state.step < cfg.rounds:
+            r = state.step + 1
+            row = {"step": r, **_round(st, trained, books, reward_fn, pool, val, recipe, pack, r)}
+            books.advance()
+            row["time/elapsed_s"] = state.elapsed
+            row["nonfinite_steps"] = books.nonfinite_total
             if dist.world > 1:
-                row["dist/param_checksum"] = dist.check_in_sync(model, r)
-            if state["best"] is None or row["val/accuracy"] > state["best"]:
-                state["best"] = row["val/accuracy"]
-                save_on_main(stage, model, tokenizer, state, "rsft", name="best")
-            if log is not None:
-                log.write(row)
-            last = save_on_main(stage, model, tokenizer, state, "rsft", opt)
-            bar.update(bar_id, completed=r, info=f"kept {row['rsft/kept']} val {row['val/accuracy']:.3f}")
-    if last is None:  # rounds: 0 — export the start model unchanged
-        last = save_on_main(stage, model, tokenizer, state, "rsft", opt)
-    best = stage / "checkpoints" / "best"
-    final = best if cfg.keep_best and best.is_dir() else last
-    summary = {"stage": "rsft", "rounds": state["round"], "best_val_accuracy": state["best"],
-               "seconds": state["elapsed"], "kept_total": state["kept_total"]}
-    if dist.is_main:
-        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
-    dist.barrier()
-    console.print(f"rsft: done in {state['elapsed']:.0f}s, {state['round']} rounds; model in {stage}")
-    return stage
+                row["dist/param_checksum"] = dist.check_in_sync(st.model, r)
+            books.track_best(row[VAL_ACCURACY])
+            books.write(row)
+            books.save()  # every round: a round is long, and resume restarts at a round's start
+            bar.update(bar_id, completed=r, info=f"kept {row['rsft/kept']} val {row[VAL_ACCURACY]:.3f}")
+    return books.finish({"rounds": state.step, "kept_total": state.counters["kept_total"]})
 
 
-def _round(model, trained, tokenizer, opt, task, reward_fn, pool, val, recipe: Recipe, state: dict, pack: bool,
-           device, r: int, stage: Path) -> dict[str, Any]:
+def _round(st, trained, books: StageRun, reward_fn, pool, val, recipe: Recipe, pack: bool, r: int) -> dict[str, Any]:
     """One expert-iteration round (sample → verify → select → train → evaluate); returns its metrics row.
     Each rank samples, scores and selects its share of the round's prompts; the gathered selection is the
-    single-process one. `model` samples and evaluates, `trained` (its DDP wrapper, or itself) trains. The
+    single-process one. `st.model` samples and evaluates, `trained` (its DDP wrapper, or itself) trains. The
     kept completions are written to `stage/data/round-{r:03d}.jsonl` (prompt, answer, completion)."""
-    cfg, seed, dist = recipe.rsft, recipe.run.seed, current()
-    k, B, cursor = cfg.samples_per_prompt, cfg.prompts_per_round, state["cursor"]
+    cfg, seed, dist, counters = recipe.rsft, recipe.run.seed, current(), books.state.counters
+    model, tokenizer, task = st.model, st.tokenizer, st.task
+    k, B, cursor = cfg.samples_per_prompt, cfg.prompts_per_round, counters["cursor"]
     examples = prompt_batch(pool, cursor, B, seed + 101)
     seeds = [prompt_seed(seed + 101, c) for c in range(cursor, cursor + B)]
-    state["cursor"] += B
+    counters["cursor"] += B
     part = dist.split(B)  # this rank's prompts of the round
     t0 = time.perf_counter()
     sel, hinted = Selection([], 0, 0, 0), 0
@@ -265,21 +246,21 @@ def _round(model, trained, tokenizer, opt, task, reward_fn, pool, val, recipe: R
     sel, hinted = merge_selections([(start, s) for start, s, _ in parts]), sum(h for _, _, h in parts)
     t1 = time.perf_counter()
     if dist.is_main:
-        _write_data(stage / "data" / f"round-{r:03d}.jsonl", examples, sel)
+        _write_data(st.dir / "data" / f"round-{r:03d}.jsonl", examples, sel)
     prompts, eos = encode_prompts(tokenizer, examples, recipe.prompt), tokenizer.eos_token_id
     seqs = [Encoded(prompts[i] + tokenizer(t, add_special_tokens=False).input_ids + [eos], len(prompts[i]))
             for i, t in sel.kept]
-    loss, steps = train_round(trained, opt, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
-                              tokenizer.pad_token_id, seed * 1009 + r, device)
+    loss, steps = train_round(trained, books.optimizer, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
+                              tokenizer.pad_token_id, seed * 1009 + r, st.device, books.skip_step)
     if not seqs:
         console.print(f"[yellow]rsft: round {r} kept no completion (none scored ≥ {cfg.min_reward}); no update")
     t2 = time.perf_counter()
     acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
                           recipe.eval.batch_size)["accuracy"] if val else None
-    state["kept_total"] += len(seqs)
+    counters["kept_total"] += len(seqs)
     return {"rsft/kept": len(seqs), "rsft/pass_rate": sel.correct / (B * k), "rsft/duplicates": sel.duplicates,
             "rsft/solved_frac": sel.solved / B, "rsft/hinted": hinted, "loss": loss, "steps": steps,
-            "val/accuracy": acc if acc is not None else 0.0, "time/sample_s": t1 - t0, "time/train_s": t2 - t1,
+            VAL_ACCURACY: acc if acc is not None else 0.0, "time/sample_s": t1 - t0, "time/train_s": t2 - t1,
             "time/eval_s": time.perf_counter() - t2}
 
 

@@ -22,19 +22,19 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import finalize_stage, load_trainer_state
 from .config import Recipe
-from .distributed import current, is_sharded, strided_share
 from .evaluate import evaluate_greedy
-from .pipeline import open_stage, select_traces
+from .infra.books import VAL_ACCURACY, StageRun, StageState
+from .infra.distributed import current, is_sharded, strided_share
+from .infra.runtime import build_optimizer, build_scheduler, console, progress
+from .infra.stage import open_stage
 from .prompts import render_prompt, render_target
-from .runtime import MetricsLog, NonFinite, build_optimizer, build_scheduler, console, progress, save_on_main
+from .types import Example
 
 
 @dataclass
@@ -185,6 +185,25 @@ def packing_supported(model, device) -> bool:
     return torch.allclose(sep[0], packed[0, 6:], atol=1e-3)
 
 
+def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
+    """The first `budget` examples with a solution: a count, or a fraction in (0, 1] of those available."""
+    with_trace = [ex for ex in pool if ex.solution]
+    if not with_trace:
+        raise ValueError("sft: the task's training examples have no solution traces (data.fields.solution?)")
+    if isinstance(budget, float) and budget <= 1.0:
+        if budget <= 0:
+            raise ValueError(f"sft.traces: a fraction must be in (0, 1], got {budget}")
+        n = max(1, round(budget * len(with_trace)))
+    else:
+        n = int(budget)
+        if n < 1:
+            raise ValueError(f"sft.traces: need at least 1 trace, got {budget}")
+        if n > len(with_trace):
+            raise ValueError(f"sft.traces: asked for {n} traces but the training pool has {len(with_trace)} "
+                             "with a solution (raise task.train_size or lower sft.traces)")
+    return with_trace[:n]
+
+
 def batch_for_step(n_items: int, step: int, batch_size: int, seed: int) -> list[int]:
     """Indices of the items in optimizer step `step`: a fresh seeded permutation each epoch."""
     per_epoch = math.ceil(n_items / batch_size)
@@ -211,78 +230,70 @@ def validation_loss(model, seqs: list[Encoded], pack: bool, pad_id: int, device,
 
 def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     """Run the SFT stage into `out/sft`; return that folder (a Hugging Face model folder)."""
-    cfg, run = recipe.sft, recipe.run
+    cfg, run, dist = recipe.sft, recipe.run, current()
     st = open_stage(recipe, out, "sft", cfg.init, resume)
-    stage, device, task, ckpt, tokenizer, model = st.dir, st.device, st.task, st.ckpt, st.tokenizer, st.model
-    dist = current()
-
-    traces = select_traces(task.examples("train", recipe.task.train_size, run.seed), cfg.traces)
-    val = task.examples("val", recipe.task.val_size, run.seed)
-    strategy, system = recipe.prompt.strategy, recipe.prompt.system
-    seqs = [encode_trace(tokenizer, ex, strategy, system) for ex in traces]
-    val_seqs = [encode_trace(tokenizer, ex, strategy, system) for ex in val if ex.solution is not None]
+    device, task, tokenizer, model = st.device, st.task, st.tokenizer, st.model
+    data = _data(recipe, st)
     pack = cfg.pack and packing_supported(model, device)
     if cfg.pack and not pack:
         console.print("[yellow]sft: this model ignores packed position ids; using padded batches")
-
-    per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     sched = build_scheduler(opt, cfg.schedule, total, cfg.warmup, cfg.min_lr_ratio)
-    state = {"step": 0, "best": None, "bad_evals": 0, "elapsed": 0.0, "traces": len(seqs)}
-    if ckpt is not None:
-        state = load_trainer_state(ckpt, opt, sched)
-        console.print(f"sft: resumed from {ckpt} at step {state['step']}")
-    log = MetricsLog(stage / "metrics.jsonl", resume_step=state["step"] if ckpt else None) if dist.is_main else None
-    nonfinite = NonFinite("sft", run.max_nonfinite_steps, state)
+    books = StageRun("sft", st, StageState(counters={"traces": len(data.train)}), optimizer=opt, scheduler=sched,
+                     keep_best=cfg.keep_best, save_every=cfg.save_every, max_nonfinite=run.max_nonfinite_steps,
+                     lora=recipe.model.lora is not None)
     # the engine's wrapper (DDP / FSDP) when launched on several ranks; FSDP loads the optimizer state here
-    trained, opt = dist.prepare(model, opt, ckpt, recipe, "sft")
-    packing = "when cheaper" if pack else "off"
-    console.print(f"sft: {len(seqs)} traces, {total} steps of {cfg.batch_size}, packing {packing}, device={device}"
+    trained, books.optimizer = dist.prepare(model, opt, st.ckpt, recipe, "sft")
+    console.print(f"sft: {len(data.train)} traces, {total} steps of {cfg.batch_size}, packing "
+                  f"{'when cheaper' if pack else 'off'}, device={device}"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
-
-    t_start = time.perf_counter() - state["elapsed"]
-    last_ckpt = ckpt
+    state = books.state
+    books.start_clock()
     with progress(run.quiet) as bar:
-        task_id = bar.add_task("sft", total=total, completed=state["step"], info="")
-        while state["step"] < total:
-            step = state["step"]
-            batch = [seqs[i] for i in batch_for_step(len(seqs), step, cfg.batch_size, run.seed)]
-            loss, n_tok, grad_norm = train_step(trained, opt, batch, pack, tokenizer.pad_token_id, device,
-                                                 cfg.grad_clip, dist)
-            if not nonfinite.check(grad_norm is not None, step + 1, last_ckpt):
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+        task_id = bar.add_task("sft", total=total, completed=state.step, info="")
+        while state.step < total:
+            batch = [data.train[i] for i in batch_for_step(len(data.train), state.step, cfg.batch_size, run.seed)]
+            loss, n_tok, grad_norm = train_step(trained, books.optimizer, batch, pack, tokenizer.pad_token_id,
+                                                 device, cfg.grad_clip, dist)
+            if not books.skip_step(grad_norm is not None):
+                books.optimizer.step()
+            books.optimizer.zero_grad(set_to_none=True)
             sched.step()
-            state["step"] = step = step + 1
-            state["elapsed"] = time.perf_counter() - t_start
-            row = {"step": step, "loss": loss, "grad_norm": grad_norm, "tokens": n_tok, "lr": sched.get_last_lr()[0],
-                   "epoch": step / per_epoch, "time/elapsed_s": state["elapsed"],
-                   "nonfinite_steps": state["nonfinite_total"]}
+            books.advance()
+            row = {"step": state.step, "loss": loss, "grad_norm": grad_norm, "tokens": n_tok,
+                   "lr": sched.get_last_lr()[0], "epoch": state.step / per_epoch, "time/elapsed_s": state.elapsed,
+                   "nonfinite_steps": books.nonfinite_total}
             stop = False
-            if cfg.eval_every and val and (step % cfg.eval_every == 0 or step == total):
-                stop = _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage)
-            out_of_time = cfg.max_seconds is not None and state["elapsed"] >= cfg.max_seconds
-            if log is not None:
-                log.write(row)
-            bar.update(task_id, completed=step, info=f"loss {row['loss'] or float('nan'):.3f}")
+            if cfg.eval_every and data.val and (state.step % cfg.eval_every == 0 or state.step == total):
+                stop = _evaluate(model, tokenizer, task, data, recipe, pack, device, books, row)
+            books.write(row)
+            bar.update(task_id, completed=state.step, info=f"loss {row['loss'] or float('nan'):.3f}")
             if dist.world > 1:
-                dist.check_in_sync(model, step)
-            if stop or out_of_time:
+                dist.check_in_sync(model, state.step)
+            if stop or (cfg.max_seconds is not None and state.elapsed >= cfg.max_seconds):
                 break
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                last_ckpt = save_on_main(stage, model, tokenizer, state, "sft", opt, sched)
+            books.save_if_due(total)
+    return books.finish({"traces": len(data.train)})
 
-    last_ckpt = save_on_main(stage, model, tokenizer, state, "sft", opt, sched)
-    best = stage / "checkpoints" / "best"
-    final = best if best.is_dir() else last_ckpt
-    summary = {"stage": "sft", "steps": state["step"], "best_val_accuracy": state["best"],
-               "seconds": state["elapsed"], "traces": len(seqs), "nonfinite_steps": state["nonfinite_total"]}
-    if dist.is_main:
-        finalize_stage(stage, final, summary, lora_base=st.start if recipe.model.lora else None)
-    dist.barrier()
-    console.print(f"sft: done in {state['elapsed']:.0f}s, {state['step']} steps; model in {stage}")
-    return stage
+
+@dataclass
+class TraceData:
+    """The stage's encoded data: training traces, the val examples (greedy accuracy) and their traces (loss)."""
+
+    train: list[Encoded]
+    val: list[Example]
+    val_traces: list[Encoded]
+
+
+def _data(recipe: Recipe, st) -> TraceData:
+    """The `sft.traces` budget of the training pool, and the val split, encoded with the recipe's prompt."""
+    run, strategy, system = recipe.run, recipe.prompt.strategy, recipe.prompt.system
+    traces = select_traces(st.task.examples("train", recipe.task.train_size, run.seed), recipe.sft.traces)
+    val = st.task.examples("val", recipe.task.val_size, run.seed)
+    return TraceData([encode_trace(st.tokenizer, ex, strategy, system) for ex in traces], val,
+                     [encode_trace(st.tokenizer, ex, strategy, system) for ex in val if ex.solution is not None])
 
 
 def train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device, grad_clip: float,
@@ -311,16 +322,16 @@ def train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device
     return (local / max(total, 1) if finite else None), total, grad_norm if finite else None
 
 
-def _evaluate(model, tokenizer, task, val, val_seqs, recipe, pack, device, state, row, stage) -> bool:
+def _evaluate(model, tokenizer, task, data: TraceData, recipe: Recipe, pack: bool, device, books: StageRun,
+              row: dict) -> bool:
     """Validation loss and greedy accuracy into `row`; keep the best model; True when patience ran out."""
-    cfg = recipe.sft
-    row["val/loss"] = validation_loss(model, val_seqs, pack, tokenizer.pad_token_id, device) if val_seqs else None
-    acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
-                          recipe.eval.batch_size)["accuracy"]
-    row["val/accuracy"] = acc
-    if state["best"] is None or acc > state["best"]:
-        state["best"], state["bad_evals"] = acc, 0
-        save_on_main(stage, model, tokenizer, state, "sft", name="best")
+    cfg, state = recipe.sft, books.state
+    row["val/loss"] = (validation_loss(model, data.val_traces, pack, tokenizer.pad_token_id, device)
+                       if data.val_traces else None)
+    row[VAL_ACCURACY] = evaluate_greedy(model, tokenizer, task, data.val, recipe.prompt, cfg.max_new_tokens,
+                                        recipe.eval.batch_size)["accuracy"]
+    if books.track_best(row[VAL_ACCURACY]):
+        state.bad_evals = 0
         return False
-    state["bad_evals"] += 1
-    return bool(cfg.patience) and state["bad_evals"] >= cfg.patience
+    state.bad_evals += 1
+    return bool(cfg.patience) and state.bad_evals >= cfg.patience

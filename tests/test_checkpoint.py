@@ -2,7 +2,13 @@ import json
 
 import torch
 
-from coldstart.checkpoint import finalize_stage, is_complete, latest_checkpoint, load_trainer_state, save_checkpoint
+from coldstart.infra.checkpoint import (
+    finalize_stage,
+    is_complete,
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
 from coldstart.models import build_char_tokenizer, build_tiny_model
 
 
@@ -79,7 +85,7 @@ class _RunsCode:
 def test_trainer_state_with_pickled_objects_is_refused(tmp_path):
     import pytest
 
-    from coldstart.checkpoint import UnsafeCheckpointError
+    from coldstart.infra.checkpoint import UnsafeCheckpointError
 
     model, tok = tiny()
     ck = save_checkpoint(tmp_path, 1, model, tok, {})

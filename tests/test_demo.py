@@ -5,7 +5,7 @@ import json
 import pytest
 
 from coldstart.cli import main
-from coldstart.demo import conclusion
+from coldstart.tools.demo import conclusion
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coldstart.distributed import merge_rows
+from coldstart.infra.distributed import merge_rows
 
 RECIPE = "recipes/demo.yaml"
 STEPS = ["sft.max_steps=6", "sft.batch_size=7", "sft.eval_every=3", "rl.steps=3", "rl.prompts_per_step=4",

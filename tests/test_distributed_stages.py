@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from coldstart.distributed import contiguous_share, strided_share
 from coldstart.dpo import read_pairs
+from coldstart.infra.distributed import contiguous_share, strided_share
 from coldstart.rsft import Selection, merge_selections, select_completions
 from tests.test_distributed import launch, metrics, weights
 

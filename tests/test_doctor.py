@@ -1,7 +1,7 @@
 """coldstart doctor: versions, device, and known bad combinations."""
 
 from coldstart.cli import main
-from coldstart.doctor import environment, find_issues
+from coldstart.tools.doctor import environment, find_issues
 
 HEALTHY = {"python": "3.11.9", "versions": {"torch": "2.13.0+cpu", "transformers": "5.24.0", "peft": "0.21.2",
                                             "accelerate": "1.15.0", "vllm": None},

@@ -95,7 +95,7 @@ def test_rl_with_guess_env(tmp_path, tiny_overrides):
     assert main(args) == 0
     rows = _rows(out / "rl" / "metrics.jsonl")
     assert len(rows) == 2 and all(1 <= r["turns/mean"] <= 3 for r in rows)
-    assert 1 <= rows[-1]["eval/turns/mean"] <= 3 and 0 <= rows[-1]["eval/turns/solved"] <= 1
+    assert 1 <= rows[-1]["val/turns/mean"] <= 3 and 0 <= rows[-1]["val/turns/solved"] <= 1
 
 
 def test_rl_with_tool_env(tmp_path, tiny_overrides):

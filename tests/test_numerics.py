@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 from coldstart.cli import main
 from coldstart.config import RLConfig
+from coldstart.infra.runtime import NonFinite, assert_finite, build_optimizer
 from coldstart.models import build_char_tokenizer, build_tiny_model
 from coldstart.rl import UpdateSettings
 from coldstart.rl.update import update
 from coldstart.rollout import SamplingParams, TorchSampler
-from coldstart.runtime import NonFinite, assert_finite, build_optimizer
 
 
 def test_nonfinite_counter_skips_then_stops_after_k_in_a_row():

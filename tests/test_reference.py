@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 
 from coldstart.config import Recipe
-from coldstart.reference import block_of, main, recipe_reference, rows, sections
+from coldstart.tools.reference import block_of, main, recipe_reference, rows, sections
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_block_is_the_generated_reference():
     assert block_of(README.read_text()) == recipe_reference().strip(), (
-        "README.md's recipe reference is out of date: python -m coldstart.reference --write README.md")
+        "README.md's recipe reference is out of date: python -m coldstart.tools.reference --write README.md")
 
 
 def test_every_section_and_field_is_documented():

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from coldstart.cli import main
-from coldstart.report import alarms, build_report
-from coldstart.runtime import MetricsLog, progress
+from coldstart.infra.runtime import MetricsLog, progress
+from coldstart.tools.report import alarms, build_report
 from tests.conftest import TINY
 
 
@@ -29,7 +29,7 @@ def test_report_page_has_plots_alarms_eval_and_samples(run_dir):
     assert main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
     assert page.count('<img alt="') >= 8 and page.count("data:image/png;base64,") == page.count("<img")
-    for title in ("reward", "accuracy (val / eval)", "SFT loss", "entropy", "KL to the reference",
+    for title in ("reward", "val accuracy", "SFT loss", "entropy", "KL to the reference",
                   "zero-std share of groups", "clip fractions"):
         assert f'alt="{title}"' in page, title
     # an untrained tiny model: every group flat, which the alarms must say
@@ -155,7 +155,7 @@ def test_tensorboard_resume_drops_steps_past_the_checkpoint(tmp_path):
 
 
 def test_stage_folders_are_found_in_pipeline_order_also_inside_demo_arms(tmp_path):
-    from coldstart.report import load_metrics
+    from coldstart.tools.report import load_metrics
 
     for folder in ("rl", "sft", "sft_rl/rl", "sft_rl/sft", "rl_only/rl"):
         (tmp_path / folder).mkdir(parents=True)

@@ -23,8 +23,8 @@ def test_run_sft_rl_eval_end_to_end(tmp_path, tiny_overrides):
     assert code == 0
     metrics = rows(out / "rl" / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3]
-    for key in [*REQUIRED, "reward/task", "reward/format", "eval/accuracy", "eval/pass@2", "eval/maj@2",
-                "eval/length/mean", "eval/reflections/mean"]:
+    for key in [*REQUIRED, "reward/task", "reward/format", "val/accuracy", "val/pass@2", "val/maj@2",
+                "val/length/mean", "val/reflections/mean"]:
         assert key in metrics[-1], key
     evals = json.loads((out / "eval.json").read_text())
     assert set(evals) == {"base", "sft", "rl"}

@@ -3,6 +3,7 @@ of a refilling filter on a stub sampler whose completions (and so rewards) are f
 
 from __future__ import annotations
 
+import importlib
 import json
 import typing
 
@@ -35,6 +36,19 @@ def test_every_config_name_has_a_registry_entry_and_back():
         RLConfig(advantage="gpro")
     with pytest.raises(ConfigError, match=r"rl\.filter: .*unknown 'dynamc'"):
         load_recipe("recipes/demo.yaml", ["rl.filter=dynamc"])
+
+
+def test_the_stage_registry_is_the_one_list_of_stages():
+    from coldstart.config import TRAINING_STAGES, RunConfig
+    from coldstart.infra.distributed import fsdp_refusals
+
+    (item,) = typing.get_args(RunConfig.model_fields["stages"].annotation)
+    assert typing.get_args(item) == (*TRAINING_STAGES, "eval")  # run.stages accepts exactly the registry
+    recipe = load_recipe("recipes/demo.yaml")
+    for name, entry in TRAINING_STAGES.items():
+        module, fn = entry.train.split(":")
+        assert callable(getattr(importlib.import_module(module), fn)), name
+        assert (fsdp_refusals(recipe, name) == []) == entry.fsdp, name
 
 
 def test_capabilities_match_what_each_algorithm_does():

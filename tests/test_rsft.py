@@ -7,12 +7,11 @@ from safetensors.torch import load_file
 
 from coldstart.cli import main
 from coldstart.config import load_recipe
+from coldstart.infra.stage import build_task_from, previous_stages, stage_start
 from coldstart.models import load_model, load_tokenizer
-from coldstart.pipeline import build_task_from, previous_stages
 from coldstart.rewards import build_reward
 from coldstart.rl import prompt_seed
 from coldstart.rsft import sample_round, score_texts, select_completions
-from coldstart.runtime import stage_start
 from coldstart.types import Example
 from tests.conftest import TINY, kill_when_saved
 

@@ -118,7 +118,8 @@ def test_countdown_backtracking_recipe_runs(tmp_path, tiny_overrides):
     assert main(["sft", "recipes/countdown.yaml", "--out", str(out), *tiny_overrides, "task.name=countdown",
                  "task.options={backtracks: 2, max_target: 30}", "model.max_len=256", "sft.max_new_tokens=64"]) == 0
     from coldstart.config import load_recipe
-    from coldstart.pipeline import build_task_from, select_traces
+    from coldstart.infra.stage import build_task_from
+    from coldstart.sft import select_traces
 
     recipe = load_recipe(out / "sft" / "config.yaml")
     traces = select_traces(build_task_from(recipe).examples("train", 32, 0), 32)

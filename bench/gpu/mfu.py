@@ -88,7 +88,7 @@ def coldstart_step(model, opt, batch: list, layout: str) -> None:
     """coldstart's SFT step, then AdamW. layout `auto` is `sft.train_step` as training runs it (packed or padded,
     whichever `pack_is_cheaper` picks; fp32 loss on label positions; gradient clipping); `pad` and `pack` force
     that layout through the same collate / loss / clipping."""
-    from coldstart.distributed import current
+    from coldstart.infra.distributed import current
     from coldstart.sft import collate, masked_lm_loss, train_step
 
     device = next(model.parameters()).device

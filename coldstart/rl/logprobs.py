@@ -98,7 +98,7 @@ def shared_prefix_ok(model) -> bool:
     2 completions of random tokens, no gradient); checked once per model object and remembered on it."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..distributed import is_sharded
+    from ..infra.distributed import is_sharded
 
     if isinstance(model, DistributedDataParallel) or is_sharded(model):
         return False

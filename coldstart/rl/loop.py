@@ -1,5 +1,6 @@
 """The RL loop: `train` builds the run once from the recipe (`build_run`), then calls `rl_step` per step and
-keeps the stage's books (metrics, evaluation, best and periodic checkpoints, resume).
+keeps the stage's books through infra.books.StageRun (metrics, NaN policy, best and periodic checkpoints,
+resume), as sft, rsft and dpo do.
 
 One step, in data-flow order (`rl_step`):
 
@@ -12,7 +13,6 @@ One step, in data-flow order (`rl_step`):
 from __future__ import annotations
 
 import dataclasses
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +22,23 @@ import torch
 
 from ..algorithms import gae, kl_penalty, outcome_token_rewards
 from ..algorithms.turn_credit import REWEIGHTING_CREDITS
-from ..checkpoint import finalize_stage, load_trainer_state
 from ..config import Recipe
-from ..distributed import current, merge_rows
 from ..evaluate import encode_prompts, evaluate
+from ..infra.books import VAL_ACCURACY, StageRun
+from ..infra.distributed import current, merge_rows
+from ..infra.runtime import (
+    Timer,
+    build_optimizer,
+    build_scheduler,
+    console,
+    progress,
+)
+from ..infra.stage import open_stage
 from ..models import eos_ids, is_lora, load_model
 from ..multiturn import build_multiturn, credit_advantages, evaluate_env
-from ..pipeline import open_stage
 from ..rewards import build_reward
 from ..rollout import SamplingParams, build_sampler
 from ..rollout_utils import select_rows
-from ..runtime import MetricsLog, NonFinite, Timer, build_optimizer, build_scheduler, console, progress, save_on_main
 from ..types import Example
 from .logprobs import sequence_logprobs
 from .prefix_rft import PrefixAdvantage
@@ -217,7 +223,7 @@ def advantage(run: RLRun, batch: StepBatch, s: UpdateSettings) -> tuple[Advantag
 
 # ---- the stage ----------------------------------------------------------------------------------------------
 def evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, float]:
-    """The evaluation suite on the val split, as `eval/...` metrics: greedy accuracy, length, reflections,
+    """The evaluation suite on the val split, as `val/...` metrics: greedy accuracy, length, reflections,
     and with `rl.eval_samples` = k > 0 also pass@k, maj@k and mean@k from k samples per prompt."""
     cfg = recipe.eval.model_copy(update={"samples": recipe.rl.eval_samples,
                                          "max_new_tokens": recipe.rl.max_new_tokens})
@@ -225,7 +231,7 @@ def evaluate_val(policy, tokenizer, task, val, recipe: Recipe) -> dict[str, floa
     if recipe.rl.env is not None:  # whole greedy games: turns/mean, turns/solved
         games = build_multiturn(recipe, task, build_sampler(recipe.rl.sampler, tokenizer), tokenizer)
         result.update(evaluate_env(games, policy, val, recipe.rl.max_new_tokens, eos_ids(tokenizer, policy)))
-    return {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}
+    return {f"val/{k}": v for k, v in result.items() if isinstance(v, float)}
 
 
 def warn_flat(row: dict, state: TrainerState) -> None:
@@ -268,42 +274,29 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     pool = st.task.examples("train", recipe.task.train_size, run_cfg.seed)
     val = st.task.examples("val", recipe.task.val_size, run_cfg.seed)
     gen = torch.Generator().manual_seed(run_cfg.seed)
-    state = TrainerState()
-    extra = {"value_head": value_head} if value_head is not None else None
-    if st.ckpt is not None:
-        state = TrainerState.from_dict(load_trainer_state(st.ckpt, opt, sched, {"sampler": gen}, extra))
-        console.print(f"rl: resumed from {st.ckpt} at step {state.step}")
-    log = MetricsLog(st.dir / "metrics.jsonl", resume_step=state.step if st.ckpt else None) if dist.is_main else None
-    nonfinite = NonFinite("rl", run_cfg.max_nonfinite_steps, state.nonfinite)
-    trained, opt = dist.prepare(st.model, opt, st.ckpt, recipe, "rl")  # FSDP loads the optimizer state here
-    run = build_run(recipe, st.model, st.tokenizer, st.task, opt, ref, value_head, reward_fn, sampler, gen, trained,
-                    algos)
-    full_pool = training_pool(st.model, st.tokenizer, st.task, pool, state, recipe)
+    books = StageRun("rl", st, TrainerState(), optimizer=opt, scheduler=sched, generators={"sampler": gen},
+                     modules={"value_head": value_head} if value_head is not None else None,
+                     keep_best=cfg.keep_best, save_every=cfg.save_every, max_nonfinite=run_cfg.max_nonfinite_steps,
+                     lora=recipe.model.lora is not None, read_state=TrainerState.from_dict)
+    trained, books.optimizer = dist.prepare(st.model, opt, st.ckpt, recipe, "rl")  # FSDP loads the optimizer state
+    run = build_run(recipe, st.model, st.tokenizer, st.task, books.optimizer, ref, value_head, reward_fn, sampler,
+                    gen, trained, algos)
+    full_pool = training_pool(st.model, st.tokenizer, st.task, pool, books.state, recipe)
     console.print(f"rl: from {st.start}, {cfg.steps} steps of {cfg.prompts_per_step}×{cfg.group_size}, "
                   f"advantage={cfg.advantage}, filter={cfg.filter}, device={st.device}"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
-    save = lambda name=None: save_on_main(st.dir, st.model, st.tokenizer, state.to_dict(), "rl", opt,  # noqa: E731
-                                          sched, {"sampler": gen}, extra, name=name)
-    last = _loop(run, recipe, full_pool, val, state, st, sched, log, nonfinite, save, st.ckpt)
-    best = st.dir / "checkpoints" / "best"
-    final = best if cfg.keep_best and best.is_dir() else last
-    summary = {"stage": "rl", "steps": state.step, "seconds": state.elapsed, "best_val_accuracy": state.best,
-               "flat_steps": state.flat_steps, "nonfinite_steps": state.nonfinite["nonfinite_total"]}
-    if dist.is_main:
-        finalize_stage(st.dir, final, summary, lora_base=st.start if recipe.model.lora else None)
-    dist.barrier()
+    _loop(run, recipe, full_pool, val, books, sched)
+    state = books.state
     if state.flat_steps:
         console.print(f"rl: {state.flat_steps} of {state.step} steps had reward std 0 in ≥90% of groups")
-    console.print(f"rl: done in {state.elapsed:.0f}s; model in {st.dir}")
-    return st.dir
+    return books.finish({"flat_steps": state.flat_steps})
 
 
-def _loop(run: RLRun, recipe: Recipe, full_pool, val, state: TrainerState, st, sched, log, nonfinite, save, last):
+def _loop(run: RLRun, recipe: Recipe, full_pool, val, books: StageRun, sched) -> None:
     """The steps from `state.step` to rl.steps (or rl.max_seconds): each step's row logged, the val suite run
-    every rl.eval_every steps (the best saved as `best`), a checkpoint every rl.save_every. Returns the last
-    checkpoint, saved at the end."""
-    cfg, dist = recipe.rl, current()
-    t_start = time.perf_counter() - state.elapsed
+    every rl.eval_every steps (the best kept as checkpoints/best), a checkpoint every rl.save_every."""
+    cfg, dist, state, st = recipe.rl, current(), books.state, books.st
+    books.start_clock()
     with progress(recipe.run.quiet) as bar:
         bar_id = bar.add_task("rl", total=cfg.steps, completed=state.step, info="")
         while state.step < cfg.steps:
@@ -314,26 +307,20 @@ def _loop(run: RLRun, recipe: Recipe, full_pool, val, state: TrainerState, st, s
             with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()
-            state.step += 1
-            state.elapsed = time.perf_counter() - t_start
+            books.advance()
             row.update({"lr": sched.get_last_lr()[0], "time/elapsed_s": state.elapsed})
             if dist.world > 1:  # the step's metrics over every rank's share of the batch
                 row = merge_rows(dist.gather_objects(row))
                 row["dist/param_checksum"] = dist.check_in_sync(run.policy, state.step)
-            nonfinite.check(not row["optimizer_steps_skipped"], state.step, last)
-            row["nonfinite_steps"] = state.nonfinite["nonfinite_total"]
+            books.nonfinite.check(not row["optimizer_steps_skipped"], state.step, books.last)  # update skipped them
+            row["nonfinite_steps"] = books.nonfinite_total
             warn_flat(row, state)
             if cfg.eval_every and val and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
                 row.update(evaluate_val(run.policy, st.tokenizer, st.task, val, recipe))
-                if state.best is None or row["eval/accuracy"] > state.best:
-                    state.best = row["eval/accuracy"]
-                    save("best")
-            if log is not None:
-                log.write(row)
+                books.track_best(row[VAL_ACCURACY])
+            books.write(row)
             bar.update(bar_id, completed=state.step,
                        info=f"reward {row['reward/mean']:.3f} zero-std {row['groups/zero_std_frac']:.2f}")
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps:
-                last = save()
+            books.save_if_due(cfg.steps)
             if cfg.max_seconds is not None and state.elapsed >= cfg.max_seconds:
                 break
-    return save()

@@ -19,12 +19,12 @@ import torch
 
 from ..algorithms import expand_groups
 from ..curriculum import record_rewards
-from ..distributed import current
+from ..infra.distributed import current
+from ..infra.runtime import Timer
 from ..multiturn import Turns
 from ..prompts import render_target
 from ..rollout import SamplingParams
 from ..rollout_utils import cat_rollouts, select_rows
-from ..runtime import Timer
 from ..types import Example, Rollouts
 from .prefix_rft import sample_with_prefix
 from .records import Round, StepBatch, TrainerState

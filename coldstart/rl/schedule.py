@@ -18,9 +18,9 @@ from ..algorithms import pass_rate_window
 from ..config import Recipe
 from ..curriculum import curriculum_pool
 from ..evaluate import encode_prompts, sample_texts
+from ..infra.runtime import console
 from ..models import eos_ids
 from ..rollout import SamplingParams
-from ..runtime import console
 from ..temperature import pick_temperature
 from ..types import Example
 from .logprobs import sequence_logprobs

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..algorithms import clip_range, kl_penalty, policy_loss, value_loss
-from ..distributed import current
+from ..infra.distributed import current
 from ..rollout_utils import select_rows, unique_rows
 from ..types import Rollouts
 from .logprobs import sequence_logprobs

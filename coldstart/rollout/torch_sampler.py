@@ -31,7 +31,7 @@ Sampling semantics (temperature 0 = greedy, top-k/top-p order and ties, stop str
 those documented in `coldstart.rollout.base`. The model is put in eval mode and inference mode for
 the call and its training flag restored afterwards.
 
-A model sharded by FSDP2 (`coldstart.distributed.is_sharded`) gathers its weights from every rank in each
+A model sharded by FSDP2 (`coldstart.infra.distributed.is_sharded`) gathers its weights from every rank in each
 forward pass, so every rank must make the same passes while each rank's rows end at their own lengths.
 For such a model the loop goes on until every rank's rows have ended (one all-reduce of a "done" flag per
 step; a rank whose rows have all ended keeps decoding them and discards the tokens) and runs under
@@ -46,7 +46,7 @@ import inspect
 import torch
 from transformers import DynamicCache, StaticCache
 
-from ..distributed import current, is_sharded
+from ..infra.distributed import current, is_sharded
 from ..types import Rollouts
 from .base import (
     SamplingParams,

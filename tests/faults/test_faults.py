@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from coldstart.checkpoint import latest_checkpoint, load_trainer_state
+from coldstart.infra.checkpoint import latest_checkpoint, load_trainer_state
 from coldstart.models import load_model
 from tests.conftest import TINY
 

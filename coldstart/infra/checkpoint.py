@@ -205,7 +205,7 @@ def finalize_stage(stage_dir: str | Path, ckpt: str | Path, summary: dict[str, A
 
 def _export_merged(stage_dir: Path, ckpt: Path, base: str | Path) -> None:
     """Merge the adapter in `ckpt` into `base` and write the full model files into `stage_dir`."""
-    from .models import load_lora
+    from ..models import load_lora
 
     merged = load_lora(base, ckpt).merge_and_unload()
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-merged-", dir=stage_dir))

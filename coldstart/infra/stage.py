@@ -1,4 +1,4 @@
-"""Glue between the recipe and the stages: the task, the base model folder, the trace budget.
+"""A stage's start: the task, the base model folder, the model a stage starts from, its folder and resume point.
 
 With `model.init: tiny` the base model is built once, seeded, into `DIR/base/` (tokenizer included), so that
 every stage and every arm of the demo starts from the very same weights. With a pretrained model the base is
@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
+from ..config import TRAINING_STAGES, Recipe, save_recipe
+from ..models import build_char_tokenizer, build_tiny_model
+from ..tasks import build_task
+from ..types import Task
 from .checkpoint import MARKER, is_complete, latest_checkpoint
-from .config import Recipe, save_recipe
-from .models import build_char_tokenizer, build_tiny_model
-from .tasks import build_task
-from .types import Example, Task
 
 
 def build_task_from(recipe: Recipe) -> Task:
@@ -58,10 +58,6 @@ def base_model(recipe: Recipe, out: Path) -> str | Path:
     return base
 
 
-# the training stages that run on several processes (DDP through accelerate; docs/scale-out.md)
-MULTI_PROCESS_STAGES = ("sft", "rsft", "dpo", "rl")
-
-
 @dataclass
 class Stage:
     """What a training stage starts with: its folder, device, task, start model and resume point."""
@@ -77,16 +73,13 @@ class Stage:
 
 def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) -> Stage:
     """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
-    checkpoint with `resume`, else from `init`, resolved by runtime.stage_start)."""
+    checkpoint with `resume`, else from `init`, resolved by stage_start)."""
+    from ..models import add_lora, compile_blocks, count_parameters, load_lora, load_model, load_tokenizer
     from .distributed import current
-    from .models import add_lora, compile_blocks, count_parameters, load_lora, load_model, load_tokenizer
-    from .runtime import console, setup, stage_start
+    from .runtime import console, setup
 
     stage = out / name
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
-    if current().world > 1 and name not in MULTI_PROCESS_STAGES:
-        raise ValueError(f"{name}: this stage does not run on several processes yet ({', '.join(MULTI_PROCESS_STAGES)} "
-                         "and eval do); run it with one process, then launch the next stages (docs/scale-out.md)")
     if current().is_main:  # only rank 0 writes files
         stage.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, stage / "config.yaml")
@@ -112,28 +105,25 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     return Stage(stage, device, task, start, ckpt, tokenizer, model.train())
 
 
+def stage_start(out: Path, init: str, base: str | Path, previous: tuple[str, ...] = ("sft",)) -> str | Path:
+    """The model a stage starts from: `auto` = the last finished stage folder among `previous` (the stages
+    before this one in `run.stages`), else the base model; `model` or `base` = the base model; a stage name
+    (`sft`, `rsft`, `dpo`, `rl`) = that finished stage; anything else is a folder or hub id."""
+    if init == "auto":
+        done = [s for s in previous if is_complete(out / s)]
+        return out / done[-1] if done else base
+    if init in ("model", "base"):
+        return base
+    if init in TRAINING_STAGES:
+        if not is_complete(out / init):
+            raise FileNotFoundError(f"{out / init}: no finished {init} stage to start from "
+                                    f"(run `coldstart {init}` first)")
+        return out / init
+    return init
+
+
 def previous_stages(recipe: Recipe, name: str) -> tuple[str, ...]:
     """The training stages that come before `name` in `run.stages` (all of them if `name` is not listed)."""
-    from .config import TRAINING_STAGES
-
     order = [s for s in recipe.run.stages if s in TRAINING_STAGES]
     return tuple(order[: order.index(name)] if name in order else order)
 
-
-def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
-    """The first `budget` examples with a solution: a count, or a fraction in (0, 1] of those available."""
-    with_trace = [ex for ex in pool if ex.solution]
-    if not with_trace:
-        raise ValueError("sft: the task's training examples have no solution traces (data.fields.solution?)")
-    if isinstance(budget, float) and budget <= 1.0:
-        if budget <= 0:
-            raise ValueError(f"sft.traces: a fraction must be in (0, 1], got {budget}")
-        n = max(1, round(budget * len(with_trace)))
-    else:
-        n = int(budget)
-        if n < 1:
-            raise ValueError(f"sft.traces: need at least 1 trace, got {budget}")
-        if n > len(with_trace):
-            raise ValueError(f"sft.traces: asked for {n} traces but the training pool has {len(with_trace)} "
-                             "with a solution (raise task.train_size or lower sft.traces)")
-    return with_trace[:n]

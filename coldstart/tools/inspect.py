@@ -1,6 +1,6 @@
 """Look before you train: what RL would see from its starting model, and whether the recipe's parts agree.
 
-`coldstart inspect RECIPE --out DIR` loads the model the RL stage would start from (runtime.stage_start:
+`coldstart inspect RECIPE --out DIR` loads the model the RL stage would start from (infra.stage.stage_start:
 DIR/sft when finished, else the base model, or `rl.init`), samples k completions (default `rl.group_size`)
 for the first N prompts RL would draw (rl.prompt_batch), and reports
 
@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from .config import Recipe
-from .evaluate import encode_prompts
-from .prompts import format_ok, get_strategy, render_prompt, render_target
-from .rewards import GoldAnswerError, build_reward, extract_answer
-from .types import Example
+from ..config import Recipe
+from ..evaluate import encode_prompts
+from ..prompts import format_ok, get_strategy, render_prompt, render_target
+from ..rewards import GoldAnswerError, build_reward, extract_answer
+from ..types import Example
 
 BEST_IS_ONE = ("task", "accuracy", "exact", "format")  # reward parts whose score on a gold SFT target must be 1
 
@@ -73,7 +73,7 @@ def group_stats(correct: list[list[bool]], totals: list[list[float]]) -> dict[st
 
 def _reward_rows(reward_fn, examples: list[Example], texts: list[str], lengths: list[int], truncated: list[bool]):
     """The RewardResult of `texts` (one per example), with the columns the RL loop passes (rl.score)."""
-    from .rl import score
+    from ..rl import score
 
     ro = SimpleNamespace(texts=texts, lengths=torch.tensor(lengths), truncated=torch.tensor(truncated))
     return score(reward_fn, examples, ro, 1)[1]
@@ -82,7 +82,7 @@ def _reward_rows(reward_fn, examples: list[Example], texts: list[str], lengths: 
 def gold_checks(task, examples: list[Example], recipe: Recipe, reward_fn, tokenizer) -> dict[str, Any]:
     """Can the pipeline score the gold answers? Verifier, reward parts and extractor on the SFT targets,
     and math-verify's parse of each gold when an `accuracy` reward is used."""
-    from .rewards.accuracy import parse_gold
+    from ..rewards.accuracy import parse_gold
 
     strategy = recipe.prompt.strategy
     targets = [render_target(ex, strategy) for ex in examples]
@@ -127,10 +127,10 @@ def template_checks(tokenizer, example: Example, recipe: Recipe, reward_fn) -> d
 def sample_groups(model, tokenizer, examples: list[Example], recipe: Recipe, k: int, batch_size: int):
     """k completions per example with the RL sampling settings (max_new_tokens cut to what the model's context
     leaves): prompt ids (B lists), texts (B·k,), lengths (B·k,), truncated (B·k,)."""
-    from .models import eos_ids
-    from .rollout import SamplingParams, build_sampler
-    from .rollout.base import max_positions
-    from .runtime import progress
+    from ..infra.runtime import progress
+    from ..models import eos_ids
+    from ..rollout import SamplingParams, build_sampler
+    from ..rollout.base import max_positions
 
     cfg = recipe.rl
     ids = encode_prompts(tokenizer, examples, recipe.prompt)
@@ -157,10 +157,10 @@ def sample_groups(model, tokenizer, examples: list[Example], recipe: Recipe, k: 
 def inspect_recipe(recipe: Recipe, out: Path, prompts: int = 32, k: int | None = None) -> dict[str, Any]:
     """Sample k completions for `prompts` training prompts from RL's starting model; return the report
     (also written to `out/inspect.json`)."""
-    from .models import load_model, load_tokenizer
-    from .pipeline import base_model, build_task_from, previous_stages
-    from .rl import prompt_batch
-    from .runtime import console, setup, stage_start
+    from ..infra.runtime import console, setup
+    from ..infra.stage import base_model, build_task_from, previous_stages, stage_start
+    from ..models import load_model, load_tokenizer
+    from ..rl import prompt_batch
 
     k = k or recipe.rl.group_size
     if prompts < 1 or k < 1:
@@ -256,7 +256,7 @@ def verdict(report: dict[str, Any], recipe: Recipe) -> list[dict[str, str]]:
 
 def _verdict_groups(g: dict, start_is_base: bool, cfg, add) -> None:
     """Verdict lines about flat groups (all-0, all-1, reward std 0)."""
-    from .algorithms import FILTERS, Filter, resolve
+    from ..algorithms import FILTERS, Filter, resolve
 
     if g["all0_frac"] >= 0.8:
         fix = ("run SFT first (coldstart sft RECIPE --out DIR: RL starts from DIR/sft) or use rl.filter: dynamic"
@@ -280,7 +280,7 @@ def print_report(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .runtime import console
+    from ..infra.runtime import console
 
     g, lens = report["groups"], report["lengths"]
     t = Table(title=f"pass rate over {report['k']} samples, {report['prompts']} prompts ({report['start']})")

@@ -7,9 +7,9 @@ one, else the `# comment` that ends the field's (possibly multi-line) statement,
 above it (a field with none fails tests/test_reference.py). Comments are read with `ast` + `tokenize` from
 the module that defines each section class, so sections added anywhere are picked up.
 
-    python -m coldstart.reference                    # print the reference
-    python -m coldstart.reference --write README.md  # replace the block between the recipe-reference markers
-    python -m coldstart.reference --check README.md  # exit 1 when README.md is out of date
+    python -m coldstart.tools.reference                    # print the reference
+    python -m coldstart.tools.reference --write README.md  # replace the block between the recipe-reference markers
+    python -m coldstart.tools.reference --check README.md  # exit 1 when README.md is out of date
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def describe(model: type[BaseModel], name: str) -> str:
 def sections(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
     """(dotted path, section model) of every section under `model` (default: the Recipe), depth first."""
     if model is None:
-        from .config import Recipe
+        from ..config import Recipe
 
         return [s for name, f in Recipe.model_fields.items() for s in sections(_nested_model(f.annotation)[0], name)]
     out = [(prefix, model)]
@@ -182,7 +182,7 @@ def block_of(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the reference, write it into a README (--write) or check that one is current (--check)."""
-    p = argparse.ArgumentParser(prog="python -m coldstart.reference", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m coldstart.tools.reference", description=__doc__.splitlines()[0])
     p.add_argument("--write", metavar="README", help="replace the block between the recipe-reference markers")
     p.add_argument("--check", metavar="README", help="exit 1 if the block differs from the generated reference")
     args = p.parse_args(argv)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.check:
         text = Path(args.check).read_text()
         if BEGIN not in text or block_of(text) != ref.strip():
-            print(f"{args.check}: the recipe reference is out of date: python -m coldstart.reference --write "
+            print(f"{args.check}: the recipe reference is out of date: python -m coldstart.tools.reference --write "
                   f"{args.check}", file=sys.stderr)
             return 1
     else:

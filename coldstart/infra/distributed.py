@@ -261,8 +261,11 @@ def check_fsdp_plugin(plugin) -> None:
 
 def fsdp_refusals(recipe, stage: str) -> list[str]:
     """What a recipe asks for that coldstart cannot do with FSDP-sharded weights ([] when it can run)."""
-    if stage not in ("sft", "rl"):
-        return [f"the {stage or 'rsft / dpo'} stage is not supported (sft and rl are)"]
+    from ..config import TRAINING_STAGES
+
+    if stage not in TRAINING_STAGES or not TRAINING_STAGES[stage].fsdp:
+        supported = " and ".join(name for name, entry in TRAINING_STAGES.items() if entry.fsdp)
+        return [f"the {stage or 'rsft / dpo'} stage is not supported ({supported} are)"]
     out = ["model.lora is not supported (adapters on sharded weights)"] if recipe.model.lora else []
     if stage == "rl":
         cfg = recipe.rl
@@ -277,7 +280,7 @@ def fsdp_refusals(recipe, stage: str) -> list[str]:
 
 def _estimator(cfg):
     """The registry entry of `rl.advantage` (it says whether the estimator needs a value head)."""
-    from .algorithms import ADVANTAGES, Estimator, resolve
+    from ..algorithms import ADVANTAGES, Estimator, resolve
 
     return resolve(ADVANTAGES, cfg.advantage, Estimator, "rl.advantage")
 
@@ -344,7 +347,7 @@ def merge_rows(rows: list[dict]) -> dict:
             out[key] = sum(values)
         elif key.endswith("/max"):
             out[key] = max(values)
-        elif key not in ("step", "lr", "temperature") and not key.startswith(("time/", "eval/")):
+        elif key not in ("step", "lr", "temperature") and not key.startswith(("time/", "val/")):
             out[key] = sum(values) / len(values)
     return out
 

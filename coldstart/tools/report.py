@@ -27,12 +27,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-STAGE_ORDER = ("sft", "rsft", "dpo", "rl")
+from ..config import TRAINING_STAGES
+
+STAGE_ORDER = tuple(TRAINING_STAGES)
 
 # (title, keys): one figure each; a series per (stage, key) that has numbers
 PLOTS: list[tuple[str, tuple[str, ...]]] = [
     ("reward", ("reward/mean",)),
-    ("accuracy (val / eval)", ("val/accuracy", "eval/accuracy")),
+    ("val accuracy", ("val/accuracy", "eval/accuracy")),  # eval/: RL runs before the stages aligned on val/
     ("SFT loss", ("loss", "val/loss")),
     ("entropy", ("entropy",)),
     ("KL to the reference", ("kl",)),

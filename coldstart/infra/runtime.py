@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .checkpoint import checkpoint_path, is_complete, save_checkpoint
+from .checkpoint import checkpoint_path, save_checkpoint
 
 console = Console(stderr=True)
 
@@ -277,21 +277,3 @@ class Timer:
     def __exit__(self, *exc):
         self.into[self.key] = self.into.get(self.key, 0.0) + time.perf_counter() - self.t0
 
-
-def stage_start(out: Path, init: str, base: str | Path, previous: tuple[str, ...] = ("sft",)) -> str | Path:
-    """The model a stage starts from: `auto` = the last finished stage folder among `previous` (the stages
-    before this one in `run.stages`), else the base model; `model` or `base` = the base model; a stage name
-    (`sft`, `rsft`, `dpo`, `rl`) = that finished stage; anything else is a folder or hub id."""
-    from .config import TRAINING_STAGES
-
-    if init == "auto":
-        done = [s for s in previous if is_complete(out / s)]
-        return out / done[-1] if done else base
-    if init in ("model", "base"):
-        return base
-    if init in TRAINING_STAGES:
-        if not is_complete(out / init):
-            raise FileNotFoundError(f"{out / init}: no finished {init} stage to start from "
-                                    f"(run `coldstart {init}` first)")
-        return out / init
-    return init

@@ -23,12 +23,12 @@ from typing import Any
 
 from rich.table import Table
 
-from . import rl, sft
-from .config import Recipe, load_recipe, save_recipe
-from .evaluate import evaluate
-from .models import load_model, load_tokenizer
-from .pipeline import base_model, build_task_from
-from .runtime import console, setup
+from .. import rl, sft
+from ..config import Recipe, load_recipe, save_recipe
+from ..evaluate import evaluate
+from ..infra.runtime import console, setup
+from ..infra.stage import base_model, build_task_from
+from ..models import load_model, load_tokenizer
 
 # --quick: the same model, task and SFT (a weaker cold start makes RL's first steps worse, not better),
 # fewer RL steps, smaller val/test splits.
@@ -104,8 +104,8 @@ def run_demo(out: Path, quick: bool = False, extra: list[str] = ()) -> dict[str,
         results["arms"][name] = {"accuracy": metrics["accuracy"], "pass@k": metrics.get(f"pass@{k}"), "k": k,
                                  "maj@k": metrics.get(f"maj@{k}"), "seconds": seconds, "zero_std_frac": zero_std,
                                  "length/mean": metrics["length/mean"]}
-    curves = {"sft": _curve(sft_stage, "val/accuracy", 0.0), "rl": _curve(rl_stage, "eval/accuracy", 0.0),
-              "sft_rl": _curve(sft_stage, "val/accuracy", 0.0) + _curve(sft_rl_stage, "eval/accuracy", sft_s),
+    curves = {"sft": _curve(sft_stage, "val/accuracy", 0.0), "rl": _curve(rl_stage, "val/accuracy", 0.0),
+              "sft_rl": _curve(sft_stage, "val/accuracy", 0.0) + _curve(sft_rl_stage, "val/accuracy", sft_s),
               "sft_more": _curve(sft_stage, "val/accuracy", 0.0) + _curve(more_stage, "val/accuracy", sft_s)}
     results["curves"] = curves
     results["conclusion"] = conclusion(results["arms"])

@@ -1,0 +1,1 @@
+"""Infrastructure the stages share: checkpoints, processes, runtime, stage start and bookkeeping."""

@@ -1,0 +1,1 @@
+"""User tools around the pipeline: demo, inspect, report, doctor, reference."""
