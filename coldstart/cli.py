@@ -112,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as e:
         console.print(f"[red]error:[/red] {e}")
         return 3
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down torch.distributed's group before the interpreter exits: a gloo group left alive aborts the
+    process at exit now and then ("terminate called without an active exception", exit -6) after all the
+    work is done, which the launcher reports as a failed run."""
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def _user_side(args) -> int:
