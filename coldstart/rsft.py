@@ -168,7 +168,7 @@ def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: 
 
 
 def train_round(model, opt, seqs: list[Encoded], epochs: float, batch_size: int, grad_clip: float, pack: bool,
-                pad_id: int, seed: int, device, skip=lambda finite: not finite) -> tuple[float | None, int]:
+                pad_id: int, seed: int, device, skip) -> tuple[float | None, int]:
     """SFT passes over one round's kept sequences (the same list on every rank; `batch_size` is the global
     batch, trained by coldstart.sft's step); returns the mean loss over the finite steps (None if none) and the
     number of optimizer steps. `skip(finite)` says whether a step is skipped (StageRun.skip_step: a NaN / inf

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .checkpoint import load_trainer_state
+from .checkpoint import finalize_stage, load_trainer_state
 from .distributed import current
 from .runtime import MetricsLog, NonFinite, console, save_on_main
 from .stage import Stage
@@ -147,9 +147,7 @@ class StageRun:
     def finish(self, summary: dict[str, Any]) -> Path:
         """Save the last step (unless just saved), export the stage's model and write complete.json with the
         common summary plus the stage's own `summary` keys; returns the stage folder."""
-        from .checkpoint import finalize_stage
-
-        if self._saved_step != self.state.step or self.last is None:
+        if self._saved_step != self.state.step:  # None until the first step save (or the resumed checkpoint)
             self.save()
         best = self.st.dir / "checkpoints" / "best"
         final = best if self.keep_best and best.is_dir() else self.last

@@ -26,13 +26,7 @@ from ..config import Recipe
 from ..evaluate import encode_prompts, evaluate
 from ..infra.books import VAL_ACCURACY, StageRun
 from ..infra.distributed import current, merge_rows
-from ..infra.runtime import (
-    Timer,
-    build_optimizer,
-    build_scheduler,
-    console,
-    progress,
-)
+from ..infra.runtime import Timer, build_optimizer, build_scheduler, console, progress
 from ..infra.stage import open_stage
 from ..models import eos_ids, is_lora, load_model
 from ..multiturn import build_multiturn, credit_advantages, evaluate_env
@@ -304,6 +298,8 @@ def _loop(run: RLRun, recipe: Recipe, full_pool, val, books: StageRun, sched) ->
             probe = tune_temperature(run.policy, run.sampler, pool, state, recipe, run.prompt_ids, run.params)
             row = {"step": state.step + 1, **rl_step(run, pool, state),
                    "temperature": state.temperature_or(cfg.temperature), **probe, **phase}
+            # update already skipped the non-finite optimizer steps (on every rank alike): the books count them
+            books.skip_step(not row["optimizer_steps_skipped"])
             with warnings.catch_warnings():  # a step whose batch was all flat makes no optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 sched.step()
@@ -312,7 +308,6 @@ def _loop(run: RLRun, recipe: Recipe, full_pool, val, books: StageRun, sched) ->
             if dist.world > 1:  # the step's metrics over every rank's share of the batch
                 row = merge_rows(dist.gather_objects(row))
                 row["dist/param_checksum"] = dist.check_in_sync(run.policy, state.step)
-            books.nonfinite.check(not row["optimizer_steps_skipped"], state.step, books.last)  # update skipped them
             row["nonfinite_steps"] = books.nonfinite_total
             warn_flat(row, state)
             if cfg.eval_every and val and (state.step % cfg.eval_every == 0 or state.step == cfg.steps):
