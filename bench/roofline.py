@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from coldstart.config import PromptConfig  # noqa: E402
 from coldstart.evaluate import encode_prompts  # noqa: E402
 from coldstart.models import build_char_tokenizer, build_tiny_model  # noqa: E402
+from coldstart.prompts import chat_format  # noqa: E402
 from coldstart.rollout import SamplingParams, TorchSampler  # noqa: E402
 from coldstart.sft import collate, encode_trace, masked_lm_loss, pack_is_cheaper  # noqa: E402
 from coldstart.tasks import build_task  # noqa: E402
@@ -75,7 +76,8 @@ def attention_flops(layers: int, d: int, context: int) -> int:
 def traces(tokenizer, n: int, seed: int = 0):
     """`n` encoded demo-task SFT traces (prompt + think trace + answer + eos)."""
     task = build_task("arithmetic", {"digits": 3, "min_digits": 3, "ops": "+"}, seed=seed)
-    return [encode_trace(tokenizer, ex, "think", False) for ex in task.examples("train", n, seed)]
+    fmt = chat_format(tokenizer, "think", system=False)
+    return [encode_trace(fmt, ex) for ex in task.examples("train", n, seed)]
 
 
 def sft_step_flops(model, seqs) -> int:

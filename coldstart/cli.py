@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from .config import ConfigError, load_recipe, save_recipe
     from .infra.runtime import console
+    from .rewards.combine import RewardFailure
 
     try:
         if args.command == "demo":
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
         console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
         return 2
-    except FloatingPointError as e:
+    except (FloatingPointError, RewardFailure) as e:  # training cannot go on
         console.print(f"[red]error:[/red] {e}")
         return 3
     finally:

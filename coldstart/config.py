@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -74,6 +74,7 @@ class ModelConfig(Section):
     intermediate_size: int | None = None  # tiny models: MLP width; None: 4 × hidden_size
     max_len: int = 512  # longest prompt + completion, in tokens
     lora: LoraConfig | None = None  # train LoRA adapters (peft) instead of full weights, in sft and rl
+    chat_template: str | None = None  # a Jinja chat template (a file, or the template text) instead of the tokenizer's
 
 
 class TaskConfig(Section):
@@ -89,6 +90,8 @@ class PromptConfig(Section):
     # what the model writes before <answer>: think | plan | code | knowledge | examples
     strategy: Literal["think", "plan", "code", "knowledge", "examples"] = "think"
     system: bool = True  # include the strategy's system prompt (tiny character models usually go without)
+    system_prompt: str | None = None  # a system prompt of your own instead of the strategy's
+    chat_template_kwargs: dict[str, Any] = {}  # passed to apply_chat_template, e.g. {enable_thinking: false}
 
 
 class SFTConfig(Section):
@@ -311,6 +314,18 @@ class Recipe(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    _folder: str | None = PrivateAttr(default=None)  # the recipe file's folder (load_recipe)
+
+    def __eq__(self, other: object) -> bool:  # the same settings, wherever the file was read from
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    @property
+    def folders(self) -> list[str]:
+        """Where user code named in the recipe (`module:function` rewards) is looked up first: the recipe's
+        folder; the working directory comes next (coldstart.rewards.basic.import_reward)."""
+        return [self._folder] if self._folder else []
 
     @model_validator(mode="after")
     def _split_budget(self) -> Recipe:
@@ -386,9 +401,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     if overrides:
         source += " (with overrides " + " ".join(overrides) + ")"
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
+    if path is not None:
+        recipe._folder = str(Path(path).resolve().parent)
+    return recipe
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -36,11 +36,11 @@ def sort_key(example: Example, by: str, key: str = "difficulty") -> float:
     """The curriculum key of one example: `length` = characters of prompt + solution; `difficulty` =
     float(meta[key]) (a missing key is an error that names it)."""
     if by == "length":
-        return float(len(example.prompt) + len(example.solution or ""))
+        return float(len(example.key) + len(example.solution or ""))
     if by == "difficulty":
         if key not in example.meta:
             raise ValueError(f"rl.curriculum: by difficulty needs meta[{key!r}] on every example; "
-                             f"{example.prompt[:40]!r} has meta keys {sorted(example.meta)}")
+                             f"{example.key[:40]!r} has meta keys {sorted(example.meta)}")
         return float(example.meta[key])
     raise ValueError(f"rl.curriculum.by must be length or difficulty, got {by!r}")
 
@@ -152,8 +152,8 @@ def curriculum_pool(pool: list[Example], state: dict[str, Any], cfg, steps: int,
     phase = phase_at(state["step"], phase_ends(steps, shares))
     cur = state.setdefault("curriculum", {"phase": 0, "carried": [], "rewards": {}})
     if phase != cur["phase"]:
-        earlier = [i for k in range(phase) for i in split[k] if pool[i].prompt in cur["rewards"]]
-        means = [cur["rewards"][pool[i].prompt][0] / max(1, cur["rewards"][pool[i].prompt][1]) for i in earlier]
+        earlier = [i for k in range(phase) for i in split[k] if pool[i].key in cur["rewards"]]
+        means = [cur["rewards"][pool[i].key][0] / max(1, cur["rewards"][pool[i].key][1]) for i in earlier]
         gen = torch.Generator().manual_seed(seed * 7919 + 104729 * phase)
         count = math.ceil(cfg.retrospective * len(split[phase]))
         cur.update(phase=phase, carried=retrospective_select(earlier, means, count, cfg.hard_below, gen))

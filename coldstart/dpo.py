@@ -35,14 +35,14 @@ from pathlib import Path
 import torch
 
 from .algorithms.preference import NEEDS_REFERENCE, PREFERENCE_LOSSES
-from .config import Recipe
+from .config import PromptConfig, Recipe
 from .evaluate import encode_prompts, evaluate_greedy
 from .infra.books import VAL_ACCURACY, StageRun, StageState
 from .infra.distributed import current, strided_share
 from .infra.runtime import build_optimizer, build_scheduler, console, progress
 from .infra.stage import open_stage
 from .models import eos_ids, is_lora, load_model
-from .prompts import render_prompt, render_target
+from .prompts import chat_format, render_target
 from .rl import prompt_seed
 from .rollout import SamplingParams, build_sampler
 from .sft import batch_for_step
@@ -88,15 +88,16 @@ def write_pairs(pairs: list[Pair], path: Path) -> None:
 
 
 def pairs_from_samples(examples: list[Example], texts: list[str], k: int, verify, gold: bool,
-                       strategy: str = "think") -> list[Pair]:
+                       target=render_target) -> list[Pair]:
     """Pairs from k sampled texts per example (prompt-major). gold=False: first correct vs first wrong sample;
-    gold=True: the example's rendered gold trace vs the first wrong sample. Examples without both are skipped."""
+    gold=True: the example's gold trace (`target(example)`, the SFT target) vs the first wrong sample.
+    Examples without both are skipped."""
     pairs = []
     for i, ex in enumerate(examples):
         group = texts[i * k : (i + 1) * k]
         ok = [verify(ex, t) >= 1.0 for t in group]
         wrong = next((t for t, c in zip(group, ok) if not c), None)
-        chosen = render_target(ex, strategy) if gold else next((t for t, c in zip(group, ok) if c), None)
+        chosen = target(ex) if gold else next((t for t, c in zip(group, ok) if c), None)
         if wrong is not None and chosen is not None:
             pairs.append(Pair(ex.prompt, chosen, wrong))
     return pairs
@@ -120,19 +121,20 @@ def build_pairs(model, tokenizer, task, pool: list[Example], recipe: Recipe, lim
             seeds = [prompt_seed(recipe.run.seed + 17, i + j) for j in range(part.start, part.stop)]
             ro = sampler.sample(model, encode_prompts(tokenizer, chunk[part], recipe.prompt), params, seeds=seeds)
             mine = pairs_from_samples(chunk[part], ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
-                                      recipe.prompt.strategy)
+                                      chat_format(tokenizer, recipe.prompt).target)
         pairs += dist.gather_lists(mine)  # prompt order, as one process finds them: pairs[:limit] is the same
         if limit is not None and len(pairs) >= limit:
             break
     return pairs[:limit]
 
 
-def encode_pairs(tokenizer, pairs: list[Pair], strategy: str, system: bool) -> list[tuple[list[int], ...]]:
+def encode_pairs(tokenizer, pairs: list[Pair], prompt: PromptConfig) -> list[tuple[list[int], ...]]:
     """Token ids per pair: (prompt ids, chosen ids + eos, rejected ids + eos)."""
-    prompts = [render_prompt(tokenizer, p.prompt, strategy, system) for p in pairs]
+    fmt = chat_format(tokenizer, prompt)
     enc = lambda texts: tokenizer(texts, add_special_tokens=False).input_ids  # noqa: E731
     eos = [tokenizer.eos_token_id]
-    return [(p, c + eos, r + eos) for p, c, r in zip(enc(prompts), enc([p.chosen for p in pairs]),
+    return [(p, c + eos, r + eos) for p, c, r in zip([fmt.prompt_ids(p.prompt) for p in pairs],
+                                                     enc([p.chosen for p in pairs]),
                                                     enc([p.rejected for p in pairs]))]
 
 
@@ -201,7 +203,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     st = open_stage(recipe, out, "dpo", cfg.init, resume)
     device, task, tokenizer, model = st.device, st.task, st.tokenizer, st.model
     pairs = _load_pairs(recipe, st.dir, task, model, tokenizer, st.ckpt)
-    encoded = encode_pairs(tokenizer, pairs, recipe.prompt.strategy, recipe.prompt.system)
+    encoded = encode_pairs(tokenizer, pairs, recipe.prompt)
     ref_logps = _reference(recipe, st, encoded) if NEEDS_REFERENCE[cfg.loss] else None
     val = task.examples("val", recipe.task.val_size, run.seed)
     per_epoch = math.ceil(len(encoded) / cfg.batch_size)

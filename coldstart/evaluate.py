@@ -19,7 +19,7 @@ from .config import EvalConfig, PromptConfig, Recipe
 from .infra.checkpoint import is_complete
 from .metrics import count_reflections, maj_at_k, pass_at_k
 from .models import eos_ids, load_model, load_tokenizer
-from .prompts import render_prompt
+from .prompts import chat_format
 from .rewards.extract import extract_answer
 from .rollout import SamplingParams, build_sampler
 from .types import Example, Task
@@ -29,8 +29,8 @@ STAGES = ("base", "sft", "rl")
 
 def encode_prompts(tokenizer, examples: list[Example], prompt: PromptConfig) -> list[list[int]]:
     """Token ids of each example's rendered chat prompt (no padding)."""
-    texts = [render_prompt(tokenizer, ex, prompt.strategy, prompt.system) for ex in examples]
-    return tokenizer(texts, add_special_tokens=False).input_ids
+    fmt = chat_format(tokenizer, prompt)
+    return [fmt.prompt_ids(ex) for ex in examples]
 
 
 def sample_texts(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int,
@@ -129,7 +129,7 @@ def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dic
         results = json.loads(path.read_text())
     for name, folder in folders.items():
         model = load_model(folder, recipe.run.dtype, device).eval()
-        tokenizer = load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder, recipe.model.chat_template)
         dist = current()
         mine = test[dist.rank :: dist.world]
         result = (evaluate(model, tokenizer, task, mine, recipe.prompt, recipe.eval, recipe.run.seed) if mine

@@ -110,9 +110,30 @@ def build_tiny_model(
     return model
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer from a folder or hub id; left padding, and a pad token (eos if none)."""
+def read_chat_template(value: str) -> str:
+    """`model.chat_template`: a file (a Jinja template, or a tokenizer_config.json / chat_template.json holding
+    one) or the template text itself; ValueError naming the key when it is neither."""
+    p = Path(value).expanduser()
+    if "{%" not in value and "{{" not in value:
+        if not p.is_file():
+            raise ValueError(f"model.chat_template: {value!r} is neither a file nor a Jinja template ({{% ... %}})")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".json":
+            import json
+
+            text = json.loads(text).get("chat_template")
+            if not isinstance(text, str):
+                raise ValueError(f"model.chat_template: {value} has no string 'chat_template' entry")
+        return text
+    return value
+
+
+def load_tokenizer(path: str | Path, chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """Load a tokenizer from a folder or hub id; left padding, and a pad token (eos if none).
+    `chat_template` (model.chat_template: a file or the text) replaces the tokenizer's own template."""
     tok = AutoTokenizer.from_pretrained(str(path))
+    if chat_template is not None:
+        tok.chat_template = read_chat_template(chat_template)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .algorithms.turn_credit import trajectory_scores
+from .config import PromptConfig
 from .envs import EnvFactory
-from .prompts import render_prompt
+from .prompts import chat_format
 from .rollout import SamplingParams
 from .rollout.base import left_pad, max_positions, pad_id_of
 from .types import Example, Rollouts
@@ -110,12 +112,13 @@ class MultiTurnRollout:
     Turns)` with G = params.n (the group size); each model turn is sampled with n=1 and params' other settings.
     """
 
-    def __init__(self, make_env: EnvFactory, sampler, tokenizer, max_turns: int, strategy: str = "think",
-                 system: bool = False, score: str = "sum", gamma: float = 0.8):
+    def __init__(self, make_env: EnvFactory, sampler, tokenizer, max_turns: int, prompt: Any = None,
+                 score: str = "sum", gamma: float = 0.8):
         if max_turns < 1:
             raise ValueError(f"rl.max_turns must be >= 1, got {max_turns}")
         self.make_env, self.sampler, self.tokenizer = make_env, sampler, tokenizer
-        self.max_turns, self.strategy, self.system, self.score, self.gamma = max_turns, strategy, system, score, gamma
+        self.max_turns, self.score, self.gamma = max_turns, score, gamma
+        self.fmt = chat_format(tokenizer, prompt if prompt is not None else PromptConfig(system=False))
         self.before, self.after = observation_template(tokenizer)
         self.eos = tokenizer.eos_token_id
         self.pad = pad_id_of(tokenizer)
@@ -127,8 +130,7 @@ class MultiTurnRollout:
         G = params.n
         rows = [ex for ex in examples for _ in range(G)]
         envs = [self.make_env() for _ in rows]
-        prompts = [self._encode(render_prompt(self.tokenizer, env.reset(ex), self.strategy, self.system))
-                   for env, ex in zip(envs, rows)]
+        prompts = [self.fmt.prompt_ids(env.reset(ex)) for env, ex in zip(envs, rows)]
         stops = sorted({*params.stop, *(s for env in envs[:1] for s in env.stop)})
         turn_params = dataclasses.replace(params, n=1, stop=stops)
         limit = max_positions(policy) or 1 << 30
@@ -218,7 +220,7 @@ def build_multiturn(recipe, task, sampler, tokenizer) -> MultiTurnRollout | None
     if cfg.env is None:
         return None
     return MultiTurnRollout(build_env(cfg.env, cfg.env_options, task), sampler, tokenizer, cfg.max_turns,
-                            recipe.prompt.strategy, recipe.prompt.system, cfg.trajectory_score, cfg.turn_gamma)
+                            recipe.prompt, cfg.trajectory_score, cfg.turn_gamma)
 
 
 def credit_advantages(adv: torch.Tensor, turns: Turns, kind: str, gamma: float) -> tuple[torch.Tensor, dict]:

@@ -52,7 +52,9 @@ from .infra.distributed import current
 from .infra.runtime import build_optimizer, console, progress
 from .infra.stage import open_stage
 from .models import eos_ids
+from .prompts import chat_format
 from .rewards import build_reward
+from .rewards.combine import RewardState, score_rows
 from .rl import prompt_batch, prompt_seed
 from .rollout import SamplingParams
 from .sft import Encoded, batch_for_step, packing_supported, train_step
@@ -152,18 +154,15 @@ def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, seed
     return out, sum(t is not None for t in out)
 
 
-def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: int, tokenizer) -> list[float]:
-    """(N,) total reward of each completion (rows i*k.. belong to examples[i]); -inf where the text is None."""
+def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: int, tokenizer, prefix: str = "",
+                state=None) -> list[float]:
+    """(N,) total reward of each completion (rows i*k.. belong to examples[i]), rewards called as the RL loop
+    calls them (coldstart.rewards.reward_inputs); -inf where the text is None or no reward part applies."""
     rows = [ex for ex in examples for _ in range(k)]
     filled = [t or "" for t in texts]
-    columns: dict[str, list] = {"answer": [e.answer for e in rows], "solution": [e.solution for e in rows],
-                                "example": rows,
-                                "completion_length": [len(ids) for ids in tokenizer(
-                                    filled, add_special_tokens=False).input_ids]}
-    for key in {name for e in rows for name in e.meta} - columns.keys():
-        columns[key] = [e.meta.get(key) for e in rows]
-    total = reward_fn([e.prompt for e in rows], filled, **columns).total
-    return [s if t is not None else -math.inf for s, t in zip(total, texts)]
+    ids = tokenizer(filled, add_special_tokens=False).input_ids
+    total = score_rows(reward_fn, rows, filled, completion_ids=ids, trainer_state=state, prefix=prefix).total
+    return [s if t is not None and not math.isnan(s) else -math.inf for s, t in zip(total, texts)]
 
 
 
@@ -193,7 +192,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     run.stages, else the base model); return that folder. A step is a round."""
     cfg, run, dist = recipe.rsft, recipe.run, current()
     st = open_stage(recipe, out, "rsft", cfg.init, resume)
-    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task)
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders)
     pool = st.task.examples("train", recipe.task.train_size, run.seed)
     val = st.task.examples("val", recipe.task.val_size, run.seed)
     pack = cfg.pack and packing_supported(st.model, st.device)
@@ -240,7 +239,9 @@ def _round(st, trained, books: StageRun, reward_fn, pool, val, recipe: Recipe, p
     sel, hinted = Selection([], 0, 0, 0), 0
     if part.stop > part.start:
         texts, hinted = sample_round(model, tokenizer, examples[part], recipe, seeds[part])
-        scores = score_texts(reward_fn, examples[part], texts, k, tokenizer)
+        prefix = chat_format(tokenizer, recipe.prompt).prefix
+        scores = score_texts(reward_fn, examples[part], texts, k, tokenizer, prefix,
+                             RewardState(global_step=r - 1, max_steps=cfg.rounds, stage="rsft"))
         sel = select_completions(texts, scores, k, cfg.keep_per_prompt, cfg.min_reward)
     parts = dist.gather_objects((part.start, sel, hinted))
     sel, hinted = merge_selections([(start, s) for start, s, _ in parts]), sum(h for _, _, h in parts)

@@ -33,7 +33,7 @@ from .infra.books import VAL_ACCURACY, StageRun, StageState
 from .infra.distributed import current, is_sharded, strided_share
 from .infra.runtime import build_optimizer, build_scheduler, console, progress
 from .infra.stage import open_stage
-from .prompts import render_prompt, render_target
+from .prompts import ChatFormat, chat_format
 from .types import Example
 
 
@@ -45,11 +45,12 @@ class Encoded:
     n_prompt: int
 
 
-def encode_trace(tokenizer, example, strategy: str, system: bool) -> Encoded:
-    """Tokenise prompt + target + eos; the prompt part is excluded from the loss."""
-    prompt = tokenizer(render_prompt(tokenizer, example, strategy, system), add_special_tokens=False).input_ids
-    target = tokenizer(render_target(example, strategy), add_special_tokens=False).input_ids
-    return Encoded(prompt + target + [tokenizer.eos_token_id], len(prompt))
+def encode_trace(fmt: ChatFormat, example) -> Encoded:
+    """Tokenise prompt + target + eos (the target laid out for the chat template: ChatFormat.target); the
+    prompt part is excluded from the loss."""
+    prompt = fmt.prompt_ids(example)
+    target = fmt.tokenizer(fmt.target(example), add_special_tokens=False).input_ids
+    return Encoded(prompt + target + [fmt.tokenizer.eos_token_id], len(prompt))
 
 
 def collate(batch: list[Encoded], pack: bool, pad_id: int) -> dict[str, torch.Tensor]:
@@ -186,10 +187,12 @@ def packing_supported(model, device) -> bool:
 
 
 def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
-    """The first `budget` examples with a solution: a count, or a fraction in (0, 1] of those available."""
-    with_trace = [ex for ex in pool if ex.solution]
+    """The first `budget` examples with a trace (a solution, or a verbatim target: TRL's completion / messages):
+    a count, or a fraction in (0, 1] of those available."""
+    with_trace = [ex for ex in pool if ex.solution or ex.target]
     if not with_trace:
-        raise ValueError("sft: the task's training examples have no solution traces (data.fields.solution?)")
+        raise ValueError("sft: the task's training examples have no traces: give the file task a solution column "
+                         "(task.options.fields.solution), or TRL's completion or messages column")
     if isinstance(budget, float) and budget <= 1.0:
         if budget <= 0:
             raise ValueError(f"sft.traces: a fraction must be in (0, 1], got {budget}")
@@ -200,7 +203,7 @@ def select_traces(pool: list[Example], budget: int | float) -> list[Example]:
             raise ValueError(f"sft.traces: need at least 1 trace, got {budget}")
         if n > len(with_trace):
             raise ValueError(f"sft.traces: asked for {n} traces but the training pool has {len(with_trace)} "
-                             "with a solution (raise task.train_size or lower sft.traces)")
+                             "with a trace (raise task.train_size or lower sft.traces)")
     return with_trace[:n]
 
 
@@ -289,11 +292,11 @@ class TraceData:
 
 def _data(recipe: Recipe, st) -> TraceData:
     """The `sft.traces` budget of the training pool, and the val split, encoded with the recipe's prompt."""
-    run, strategy, system = recipe.run, recipe.prompt.strategy, recipe.prompt.system
+    run, fmt = recipe.run, chat_format(st.tokenizer, recipe.prompt)
     traces = select_traces(st.task.examples("train", recipe.task.train_size, run.seed), recipe.sft.traces)
     val = st.task.examples("val", recipe.task.val_size, run.seed)
-    return TraceData([encode_trace(st.tokenizer, ex, strategy, system) for ex in traces], val,
-                     [encode_trace(st.tokenizer, ex, strategy, system) for ex in val if ex.solution is not None])
+    return TraceData([encode_trace(fmt, ex) for ex in traces], val,
+                     [encode_trace(fmt, ex) for ex in val if ex.solution is not None or ex.target is not None])
 
 
 def train_step(model, opt, batch: list[Encoded], pack: bool, pad_id: int, device, grad_clip: float,

@@ -6,31 +6,56 @@ T = completion length (right-padded), L = P + T.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+Messages = list[dict[str, Any]]  # chat messages: {"role": "system" | "user" | "assistant" | "tool", "content": ...}
+
+# Keys TRL's GRPOTrainer never passes to a reward function as columns (they arrive as prompts / completions).
+NOT_COLUMNS = ("prompt", "completion", "completion_ids")
 
 
 @dataclass
 class Example:
     """One task item.
 
-    prompt:   the question as the user would ask it (no system prompt, no chat markup).
+    prompt:   the question as the user would ask it (no chat markup): a string, or a list of chat messages
+              (TRL's conversational format; its own system message and earlier turns are kept as given).
     answer:   the gold final answer, as a string.
     solution: an optional worked chain-of-thought trace ending in the answer (the SFT target body,
               without the `<answer>` tags: prompts.py wraps it).
     meta:     anything the verifier needs besides the answer (e.g. the reasoning-gym entry).
+    target:   an SFT target used verbatim (TRL's `completion` / last assistant message of `messages`), or None
+              to build it from solution and answer.
+    record:   the data record as read (file tasks): its columns reach reward functions under their own names.
     """
 
-    prompt: str
+    prompt: str | Messages
     answer: str
     solution: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
+    record: dict[str, Any] | None = None
+
+    @property
+    def conversational(self) -> bool:
+        """True when the prompt is a list of chat messages."""
+        return isinstance(self.prompt, list)
+
+    @property
+    def key(self) -> str:
+        """The prompt as one string (messages as canonical JSON): what splits, dedup and curricula key on."""
+        return self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt, sort_keys=True,
+                                                                            ensure_ascii=False, default=str)
 
     def columns(self) -> dict[str, Any]:
-        """The fields handed to a reward function as keyword columns (TRL's convention)."""
-        return {"answer": self.answer, "solution": self.solution, **self.meta}
+        """The fields handed to a reward function as keyword columns (TRL's convention): `answer`,
+        `solution` and meta, then every column of the record under its own name (a record's column wins)."""
+        raw = {k: v for k, v in (self.record or {}).items() if k not in NOT_COLUMNS}
+        return {"answer": self.answer, "solution": self.solution, **self.meta, **raw}
 
 
 @runtime_checkable

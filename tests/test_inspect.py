@@ -37,16 +37,31 @@ def test_format_reward_for_another_tag_and_too_short_context_are_errors(tmp_path
     assert report["lengths"]["over_max_len_frac"] == 1.0 and f"raise model.max_len to {need}" in messages
 
 
-def test_template_that_opens_think_makes_strict_format_unreachable(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "rl.rewards=[{name: task}, {name: format}]"]
-    _inspect(tmp_path, overrides, "--prompts", "2", "--k", "2")  # builds DIR/base
+def test_template_that_opens_think(tmp_path, tiny_overrides):
+    """A generation prompt that writes <think> (Qwen3-Thinking, R1-distill): coldstart's format reward and the
+    SFT target account for it; a user reward that does not is an error whose advice passes the check."""
+    builtin = [*tiny_overrides, "rl.rewards=[{name: task}, {name: format}]"]
+    _inspect(tmp_path, builtin, "--prompts", "2", "--k", "2")  # builds DIR/base
     tok = load_tokenizer(tmp_path / "base")
     tok.chat_template = CHAT_TEMPLATE.replace("<|assistant|>{% endif %}", "<|assistant|><think>{% endif %}")
     tok.save_pretrained(tmp_path / "base")
-    report = _inspect(tmp_path, overrides, "--prompts", "2", "--k", "2")
-    assert report["format"]["template_opens_tag"] and report["format"]["reward_on_continuation"]["format"] == 0.0
-    assert any("already opens <think>" in v["message"] and "['format'] can never be met" in v["message"]
-               for v in report["verdict"] if v["level"] == "error")
+    report = _inspect(tmp_path, builtin, "--prompts", "2", "--k", "2")
+    fmt = report["format"]
+    assert fmt["template_opens_tag"] and fmt["completion_prefix"] == "<think>"
+    assert not fmt["sft_continuation"].startswith("<think>") and fmt["reward_on_continuation"]["format"] == 1.0
+    assert not any("already writes" in v["message"] for v in report["verdict"])
+
+    user = [*tiny_overrides, "rl.rewards=[{name: task}, {name: 'tests.fixtures.rewards:think_format'}]"]
+    report = _inspect(tmp_path, user, "--prompts", "2", "--k", "2")
+    errors = [v["message"] for v in report["verdict"] if v["level"] == "error"]
+    assert any("already writes '<think>'" in m and "completion_prefix" in m and "model.chat_template" in m
+               for m in errors), errors
+    (tmp_path / "plain.jinja").write_text(CHAT_TEMPLATE)  # the advice: a template that opens nothing
+    report = _inspect(tmp_path, [*user, f"model.chat_template={tmp_path / 'plain.jinja'}"], "--prompts", "2",
+                      "--k", "2")
+    assert not report["format"]["template_opens_tag"]
+    assert report["format"]["reward_on_continuation"]["tests.fixtures.rewards:think_format"] == 1.0
+    assert not any("already writes" in v["message"] for v in report["verdict"])
 
 
 def test_inspect_starts_from_the_finished_sft_stage(tmp_path, tiny_overrides):

@@ -5,6 +5,7 @@ import torch
 
 from coldstart.algorithms import policy_loss
 from coldstart.cli import main
+from coldstart.config import PromptConfig
 from coldstart.envs import build_env
 from coldstart.models import build_char_tokenizer, build_tiny_model
 from coldstart.multiturn import MultiTurnRollout, Turns, credit_advantages, observation_template
@@ -20,7 +21,7 @@ def setup():
                              bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, seed=0)
     task = build_task("guess", {"low": 1, "high": 8})
     games = MultiTurnRollout(build_env("guess", {}, task), build_sampler("torch", tok), tok, max_turns=3,
-                             system=False)
+                             prompt=PromptConfig(system=False))
     params = SamplingParams(n=2, max_new_tokens=6, temperature=1.0, eos_ids=[tok.eos_token_id])
     ro, scores, result, turns = games(model, task.examples("train", 3, 0), params, torch.Generator().manual_seed(0))
     return tok, model, task, ro, scores, result, turns

@@ -221,9 +221,10 @@ def user_module(tmp_path, monkeypatch):
 
 def test_import_reward(user_module):
     assert import_reward(f"{user_module}:length_bonus")(["q"] * 2, ["ab", "abcd"]) == [2, 4]
-    assert import_reward(f"{user_module}:length_bonus", scale=0.5)(["q"], ["ab"], answer=["x"]) == [1.0]
+    with_scale = import_reward(f"{user_module}:length_bonus", scale=0.5)
+    assert with_scale(prompts=["q"], completions=["ab"], answer=["x"]) == [1.0]  # called by keyword, as TRL does
     with pytest.raises(ValueError, match="clash"):
-        import_reward(f"{user_module}:length_bonus", scale=0.5)(["q"], ["ab"], scale=[2])
+        with_scale(prompts=["q"], completions=["ab"], scale=[2])
     for name, why in [(f"{user_module}:missing", "no attribute 'missing'"),
                       (f"{user_module}:NOT_A_FUNCTION", "not a function"),
                       ("no_such_module_xyz:f", "cannot import"), (user_module, "package.module:function"),
@@ -303,7 +304,7 @@ def test_combined_reward_wrong_length_and_bad_gold():
     def short(prompts, completions, **columns):
         return [1.0] * (len(completions) - 1)  # always one short: every item fails
 
-    reward = build_reward([{"name": "accuracy"}])
+    reward = build_reward([{"name": "accuracy"}], stop_on_failure=False)
     reward.parts.append(RewardPart("short", 1.0, short))
     result = reward(["q"] * 3, ["\\boxed{2}", "\\boxed{2}", "\\boxed{2}"], answer=["2", "\\frac{", "3"])
     assert result.parts["accuracy"] == [1.0, 0.0, 0.0]  # the bad gold scores 0, never 1

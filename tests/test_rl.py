@@ -45,13 +45,26 @@ def test_rl_from_untrained_model_says_groups_are_flat(tmp_path, tiny_overrides, 
     assert "reward std 0" in capsys.readouterr().err
 
 
-def test_a_raising_reward_is_counted_and_training_goes_on(tmp_path, tiny_overrides):
+def test_a_reward_failing_on_every_item_stops_the_run(tmp_path, tiny_overrides, capsys):
+    """Training on zeros teaches nothing: a reward that raises on every item stops the run, naming it."""
     out = tmp_path / "boom"
     rewards = "rl.rewards=[{name: task}, {name: 'tests.fixtures.rewards:sometimes_raises'}]"
     assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model", "rl.filter=none",
+                 rewards]) == 3
+    said = " ".join(capsys.readouterr().err.split())
+    assert "tests.fixtures.rewards:sometimes_raises" in said and "every one of the 16 completions" in said
+    assert "item-level failure" in said and not (out / "rl" / "complete.json").exists()
+
+
+def test_a_reward_failing_on_most_items_is_counted_loudly_and_training_goes_on(tmp_path, tiny_overrides, caplog):
+    out = tmp_path / "mostly"
+    rewards = "rl.rewards=[{name: task}, {name: 'tests.fixtures.rewards:fails_mostly'}]"
+    assert main(["rl", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, "rl.init=model", "rl.filter=none",
                  rewards]) == 0
     metrics = rows(out / "rl" / "metrics.jsonl")
-    assert len(metrics) == 3 and all(r["reward/errors"] == 16 for r in metrics)
+    assert len(metrics) == 3 and all(r["reward/errors"] == 12 for r in metrics)
+    assert all(r["reward/failed/tests.fixtures.rewards:fails_mostly"] == 0.75 for r in metrics)
+    assert "failed on 12 of 16 completions" in caplog.text
 
 
 def test_sigkill_mid_rl_then_resume_gives_identical_weights(tmp_path, tiny_overrides):
@@ -121,7 +134,7 @@ def test_reasoning_gym_task_rl_and_sft_without_traces(tmp_path, tiny_overrides, 
     row = rows(out / "rl" / "metrics.jsonl")[0]
     assert {"reward/task", "reward/accuracy"} <= row.keys()
     assert main(["sft", "recipes/demo.yaml", "--out", str(out), *tiny_overrides, *gym]) == 2
-    assert "no solution traces" in capsys.readouterr().err
+    assert "no traces" in capsys.readouterr().err
 
 
 def test_dupo_and_pad_filters_train(tmp_path, tiny_overrides):

@@ -101,8 +101,8 @@ class TokenReward:
     def __call__(self, prompts, completions, **columns):
         from coldstart.rewards import CombinedReward, RewardPart
 
-        return CombinedReward([RewardPart("t", 1.0, lambda p, c, **k: [float(x == "6") for x in c])])(
-            prompts, completions, **columns)
+        six = lambda completions, **k: [float(x == "6") for x in completions]  # noqa: E731
+        return CombinedReward([RewardPart("t", 1.0, six)])(prompts, completions, **columns)
 
 
 def run_refill(pool: list[Example], max_rounds: int, B: int = 4, G: int = 2):

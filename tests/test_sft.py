@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 from coldstart.cli import main
 from coldstart.config import load_recipe
 from coldstart.models import build_char_tokenizer, build_tiny_model
+from coldstart.prompts import chat_format
 from coldstart.sft import Encoded, collate, encode_trace, masked_lm_loss
 from coldstart.types import Example
 from tests.conftest import kill_when_saved
@@ -13,7 +14,7 @@ from tests.conftest import kill_when_saved
 
 def test_prompt_tokens_carry_no_loss():
     tok = build_char_tokenizer()
-    enc = encode_trace(tok, Example("12+34", "46", "2+4=6\n1+3=4"), "think", system=False)
+    enc = encode_trace(chat_format(tok, "think", system=False), Example("12+34", "46", "2+4=6\n1+3=4"))
     prompt = tok.decode(enc.ids[: enc.n_prompt])
     assert prompt == "<|user|>12+34<|assistant|>"
     assert tok.decode(enc.ids[enc.n_prompt :]) == "<think>2+4=6\n1+3=4</think><answer>46</answer><|end|>"

@@ -87,7 +87,7 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     task = build_task_from(recipe)
     start = stage_start(out, init, base_model(recipe, out), previous_stages(recipe, name))
     ckpt = latest_checkpoint(stage) if resume else None
-    tokenizer = load_tokenizer(ckpt or start)
+    tokenizer = load_tokenizer(ckpt or start, recipe.model.chat_template)
     lora = recipe.model.lora
     if lora is None:
         model = load_model(ckpt or start, recipe.run.dtype, device)

@@ -86,6 +86,8 @@ class _Deadline(BaseException):
 class GoldAnswerError(ValueError):
     """The gold answer is empty, too long or does not parse: the item cannot be scored."""
 
+    data_error = True  # the data's fault, not the reward's: counted, never stops a run (rewards/combine.py)
+
 
 def _timeout(seconds: int) -> int | None:
     """The deadline in seconds: signals work only in the main thread, so None (off) elsewhere."""

@@ -2,8 +2,9 @@
 and user functions imported by name.
 
 Each `make_*` factory takes its options (and `task`, which only `make_task` uses) and returns a reward
-function with TRL's signature `f(prompts, completions, **columns) -> list[float]`; the columns are
-lists aligned with completions, and unknown columns are ignored.
+function `f(prompts, completions, **columns) -> list[float]` on completion texts; the columns are lists
+aligned with completions, and unknown columns are ignored. `builtin` wraps it for TRL's call (keywords,
+completions as strings or as assistant message lists), which is how the registry hands it out.
 
 - exact:    normalised string equality of the extracted answer with the `answer` column (strip,
             collapse whitespace, optional case-fold). No extractable answer scores 0.
@@ -13,16 +14,22 @@ lists aligned with completions, and unknown columns are ignored.
 - overlong: DAPO's soft overlong punishment (docs/algorithms.md §0.3) on the `completion_length` column
             (tokens): 0 up to max_len − cache_len, then a linear ramp to −1 at max_len, −1 beyond.
             Overlong *filtering* (masking truncated samples out of the loss) lives in the RL loop.
-- "package.module:function": `import_reward` imports a user reward function.
+- "package.module:function" or "file.py:function": `import_reward` imports a user reward function.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import inspect
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from coldstart.rewards.accuracy import GoldAnswerError
 from coldstart.rewards.extract import extract_answer
 
 RewardFn = Callable[..., list[float]]
@@ -38,7 +45,7 @@ def _norm(text: str, casefold: bool) -> str:
 def make_exact(casefold: bool = False, task: Any = None) -> RewardFn:
     """Build the exact-match reward: 1 if the extracted answer equals the `answer` column, else 0.
 
-    Raises ValueError for an empty gold answer (nothing can match it).
+    Raises GoldAnswerError for an empty gold answer (nothing can match it).
 
     >>> reward = make_exact(casefold=True)
     >>> reward(["q"] * 3, ["<answer> New  York </answer>", "\\\\boxed{york}", "no answer"], answer=["new york"] * 3)
@@ -50,7 +57,7 @@ def make_exact(casefold: bool = False, task: Any = None) -> RewardFn:
         for completion, gold in zip(completions, answer, strict=True):
             gold_norm = _norm(gold or "", casefold)
             if not gold_norm:
-                raise ValueError(f"exact: gold answer is empty: {gold!r}")
+                raise GoldAnswerError(f"exact: gold answer is empty: {gold!r}")
             pred = extract_answer(completion)
             scores.append(float(pred is not None and _norm(pred, casefold) == gold_norm))
         return scores
@@ -130,8 +137,79 @@ def make_overlong(max_len: int, cache_len: int | None = None, task: Any = None) 
     return overlong
 
 
-def import_reward(name: str, **options: Any) -> RewardFn:
-    """Import a user reward function named "package.module:function".
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string as is; for TRL's conversational form (a list of messages) the
+    content of the assistant messages, joined (content given as typed blocks keeps its text blocks).
+
+    >>> completion_text("4"), completion_text([{"role": "assistant", "content": "<answer>4</answer>"}])
+    ('4', '<answer>4</answer>')
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    texts = []
+    for m in completion:
+        content = m.get("content") if isinstance(m, dict) and m.get("role", "assistant") == "assistant" else None
+        if isinstance(content, list):
+            content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
+        if isinstance(content, str):
+            texts.append(content)
+    return "".join(texts)
+
+
+def builtin(fn: RewardFn) -> RewardFn:
+    """A built-in reward as TRL calls reward functions: by keyword, completions as strings or message lists.
+
+    The function sees each completion as the model's whole turn (`completion_prefix`, the part the chat
+    template's generation prompt already wrote, e.g. "<think>\n", put back in front) and the gold answers of
+    the `example` column when there is one (a data column that happens to be called `answer` cannot shadow
+    them).
+
+    >>> f = builtin(make_exact())
+    >>> f(prompts=["q"], completions=[[{"role": "assistant", "content": "<answer>7</answer>"}]], answer=["7"])
+    [1.0]
+    """
+
+    @functools.wraps(fn)
+    def reward(prompts: list, completions: list, completion_prefix: list | None = None, example: list | None = None,
+               **columns: Any) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        if completion_prefix is not None:
+            texts = [(p or "") + t for p, t in zip(completion_prefix, texts, strict=True)]
+        if example is not None:
+            columns["answer"] = [e.answer for e in example]
+            columns["example"] = example
+        if "answer" in columns:  # a gold number from a data column is compared as its text
+            columns["answer"] = [a if a is None or isinstance(a, str) else str(a) for a in columns["answer"]]
+        return fn(prompts, texts, **columns)
+
+    return reward
+
+
+def _module(module_name: str, search: Sequence[str | Path]) -> Any:
+    """Import `module_name` (or load a `.py` file) from the `search` folders, the working directory, then
+    sys.path; the folders stay on sys.path so that the module's own imports of its neighbours work."""
+    folders = [str(Path(d).resolve()) for d in (*search, ".")]
+    if module_name.endswith(".py"):
+        for d in folders:
+            path = Path(d) / module_name
+            if path.is_file():
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+                return module
+        raise ImportError(f"no file {module_name!r} in {', '.join(folders)}")
+    for d in reversed(folders):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    return importlib.import_module(module_name)
+
+
+def import_reward(name: str, search: Sequence[str | Path] = (), **options: Any) -> RewardFn:
+    """Import a user reward function named "package.module:function" or "file.py:function", looked up in the
+    `search` folders (the recipe's), the working directory, then the installed packages.
 
     Options are passed to it as keyword arguments on every call; an option that is also a column name
     is an error (it would silently shadow the column).
@@ -140,13 +218,14 @@ def import_reward(name: str, **options: Any) -> RewardFn:
     Traceback (most recent call last):
     ValueError: user reward 'coldstart.rewards.basic:nope': module 'coldstart.rewards.basic' has no attribute 'nope'
     """
-    module_name, sep, attr = name.partition(":")
+    module_name, sep, attr = name.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"user reward {name!r}: expected 'package.module:function'")
+        raise ValueError(f"user reward {name!r}: expected 'package.module:function' or 'file.py:function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _module(module_name, search)
     except ImportError as e:
-        raise ValueError(f"user reward {name!r}: cannot import module {module_name!r}: {e}") from e
+        raise ValueError(f"user reward {name!r}: cannot import module {module_name!r}: {e} (searched the "
+                         "recipe's folder, the working directory and the installed packages)") from e
     fn = getattr(module, attr, None)
     if fn is None:
         raise ValueError(f"user reward {name!r}: module {module_name!r} has no attribute {attr!r}")
@@ -155,11 +234,22 @@ def import_reward(name: str, **options: Any) -> RewardFn:
     if not options:
         return fn
 
-    def with_options(prompts: list[str], completions: list[str], **columns) -> list[float]:
+    def check(columns: dict) -> None:
         clash = sorted(set(options) & set(columns))
         if clash:
             raise ValueError(f"user reward {name!r}: options {clash} clash with column names")
-        return fn(prompts, completions, **columns, **options)
+
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+        async def with_options_async(**columns):
+            check(columns)
+            return await fn(**columns, **options)
+
+        with_options_async.__name__ = attr
+        return with_options_async
+
+    def with_options(**columns):
+        check(columns)
+        return fn(**columns, **options)
 
     with_options.__name__ = attr
     return with_options

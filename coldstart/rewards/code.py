@@ -53,8 +53,14 @@ def extract_program(completion: str) -> str | None:
     return answer.strip() if answer is not None and answer.strip() else None
 
 
+class BadTestsError(ValueError):
+    """An example's tests are missing or malformed: the data's fault, counted, never a stop (rewards/combine.py)."""
+
+    data_error = True
+
+
 def parse_tests(tests: Any) -> list[dict | str]:
-    """Check and normalise a test list (see the module docstring); ValueError naming the bad item.
+    """Check and normalise a test list (see the module docstring); BadTestsError naming the bad item.
 
     >>> parse_tests('[{"input": "1", "output": "2"}, "assert True"]')
     [{'input': '1', 'output': '2'}, 'assert True']
@@ -63,9 +69,9 @@ def parse_tests(tests: Any) -> list[dict | str]:
         try:
             tests = json.loads(tests)
         except json.JSONDecodeError as e:
-            raise ValueError(f"code reward: tests is a string but not a JSON list: {e}") from e
+            raise BadTestsError(f"code reward: tests is a string but not a JSON list: {e}") from e
     if not isinstance(tests, (list, tuple)) or not tests:
-        raise ValueError(f"code reward: tests must be a non-empty list; got {type(tests).__name__}")
+        raise BadTestsError(f"code reward: tests must be a non-empty list; got {type(tests).__name__}")
     out: list[dict | str] = []
     for i, t in enumerate(tests):
         if isinstance(t, str):
@@ -73,7 +79,7 @@ def parse_tests(tests: Any) -> list[dict | str]:
         elif isinstance(t, dict) and set(t) == {"input", "output"}:
             out.append({"input": str(t["input"]), "output": str(t["output"])})
         else:
-            raise ValueError(f"code reward: test {i} must be an assert string or {{input, output}}; got {t!r:.80}")
+            raise BadTestsError(f"code reward: test {i} must be an assert string or {{input, output}}; got {t!r:.80}")
     return out
 
 

@@ -125,7 +125,7 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
     cfg = recipe.rl
     algos = algos or checked_algorithms(cfg)
     sampler = sampler or build_sampler(cfg.sampler, tokenizer)
-    reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task)
+    reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task, search=recipe.folders)
     prompt_ids = lambda exs: encode_prompts(tokenizer, exs, recipe.prompt)  # noqa: E731
     source = build_source(recipe, sampler, tokenizer, prompt_ids, reward_fn, build_multiturn(recipe, task, sampler,
                                                                                             tokenizer))
@@ -142,7 +142,7 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
                                             pad.tau_start, pad.tau_end, cfg.steps, generator))
     sample = SampleSettings(cfg.prompts_per_step, cfg.group_size,
                             1 + (cfg.max_resample if algos.filter.refills else 0), recipe.run.seed,
-                            cfg.curriculum is not None)
+                            cfg.curriculum is not None, cfg.steps)
     return RLRun(policy, ref, value_head, opt, source, sampler, prompt_ids, algos,
                  UpdateSettings.from_config(cfg, algos.aggregation),
                  sample, sampling_params(cfg, eos_ids(tokenizer, policy), cfg.temperature), transforms, generator,
@@ -233,7 +233,10 @@ def warn_flat(row: dict, state: TrainerState) -> None:
     if row["groups/zero_std_frac"] >= 0.9:
         state.flat_steps += 1
         if state.flat_steps == 1:
-            why = ("the policy almost never succeeds: start RL from an SFT cold start (or an easier task)"
+            failing = {k[len("reward/failed/"):]: v for k, v in row.items() if k.startswith("reward/failed/") and v}
+            why = ("reward " + ", ".join(f"{k!r} failed on {v:.0%}" for k, v in failing.items()) + " of the samples "
+                   "(scored 0): fix it first (see the warnings above, or coldstart inspect)" if failing
+                   else "the policy almost never succeeds: start RL from an SFT cold start (or an easier task)"
                    if row["reward/mean"] < 0.5 else "the prompts are too easy for this policy: use harder ones")
             console.print(f"[yellow]rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
                           f"reward std 0 (every sample scored the same), so they carry no learning signal; "
@@ -263,7 +266,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     trainable = list(st.model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
     opt = build_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = build_scheduler(opt, cfg.schedule, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task)
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders)
     sampler = build_sampler(cfg.sampler, st.tokenizer)
     pool = st.task.examples("train", recipe.task.train_size, run_cfg.seed)
     val = st.task.examples("val", recipe.task.val_size, run_cfg.seed)

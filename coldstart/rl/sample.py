@@ -22,7 +22,8 @@ from ..curriculum import record_rewards
 from ..infra.distributed import current
 from ..infra.runtime import Timer
 from ..multiturn import Turns
-from ..prompts import render_target
+from ..prompts import chat_format
+from ..rewards.combine import RewardState, score_rows
 from ..rollout import SamplingParams
 from ..rollout_utils import cat_rollouts, select_rows
 from ..types import Example, Rollouts
@@ -46,16 +47,31 @@ def prompt_seed(seed: int, position: int) -> int:
     return (seed * 1_000_003 + position) * 2_654_435_761 % (1 << 62)
 
 
-def score(reward_fn, examples: list[Example], ro: Rollouts, group_size: int) -> tuple[torch.Tensor, Any]:
-    """(N,) float rewards for the rollouts of `examples` (each repeated G times), and the RewardResult."""
+def score(reward_fn, examples: list[Example], ro: Rollouts, group_size: int, state: RewardState | None = None,
+          prefix: str = "") -> tuple[torch.Tensor, Any]:
+    """(N,) float rewards for the rollouts of `examples` (each repeated G times), and the RewardResult.
+
+    Rewards are called as TRL calls them (coldstart.rewards.reward_inputs). An item no reward part applies to
+    (every part returned None) gets its group's mean over the scorable items, 0 when none is: advantage 0
+    under the group-mean baselines, as TRL's NaN rewards give (TRL also leaves it out of the group's std,
+    where it counts here as one item at the mean)."""
     rows = [ex for ex in examples for _ in range(group_size)]
-    columns: dict[str, list] = {"answer": [e.answer for e in rows], "solution": [e.solution for e in rows],
-                                "example": rows, "completion_length": ro.lengths.tolist(),
-                                "truncated": ro.truncated.tolist()}
-    for key in {k for e in rows for k in e.meta} - columns.keys():
-        columns[key] = [e.meta.get(key) for e in rows]
-    result = reward_fn([e.prompt for e in rows], ro.texts, **columns)
-    return torch.tensor(result.total, dtype=torch.float32), result
+    ids = [r[m].tolist() for r, m in zip(ro.completion_ids, ro.completion_mask)]
+    result = score_rows(reward_fn, rows, ro.texts, completion_ids=ids, truncated=ro.truncated.tolist(),
+                        trainer_state=state, prefix=prefix)
+    return fill_unscorable(torch.tensor(result.total, dtype=torch.float32), group_size), result
+
+
+def fill_unscorable(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N,) scores with each NaN replaced by its group's mean over the non-NaN ones (0 for an all-NaN group).
+
+    >>> fill_unscorable(torch.tensor([1.0, float("nan"), 0.0, float("nan"), float("nan"), float("nan")]), 3)
+    tensor([1.0000, 0.5000, 0.0000, 0.0000, 0.0000, 0.0000])
+    """
+    groups = scores.view(-1, group_size)
+    known = ~groups.isnan()
+    means = torch.where(known, groups, 0.0).sum(-1, keepdim=True) / known.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(known, groups, means).view(-1)
 
 
 # ---- rollout sources ----------------------------------------------------------------------------------------
@@ -75,7 +91,8 @@ class RolloutSource(Protocol):
     def sample(self, policy, examples: list[Example], params: SamplingParams, generator: torch.Generator,
                seeds: list[int], step: int) -> Drawn: ...
 
-    def score(self, examples: list[Example], drawn: Drawn) -> tuple[torch.Tensor, Any]: ...
+    def score(self, examples: list[Example], drawn: Drawn, state: RewardState | None = None
+              ) -> tuple[torch.Tensor, Any]: ...
 
 
 @dataclass
@@ -86,14 +103,15 @@ class PlainSource:
     reward_fn: Any
     prompt_ids: Any  # examples → list of prompt token ids
     group_size: int
+    completion_prefix: str = ""  # what the chat template's generation prompt writes of each completion
 
     def sample(self, policy, examples, params, generator, seeds, step) -> Drawn:
         """(B,) examples → Drawn with B×G rollouts."""
         return Drawn(self.sampler.sample(policy, self.prompt_ids(examples), params, generator, seeds))
 
-    def score(self, examples, drawn) -> tuple[torch.Tensor, Any]:
+    def score(self, examples, drawn, state=None) -> tuple[torch.Tensor, Any]:
         """(N,) rewards and the RewardResult."""
-        return score(self.reward_fn, examples, drawn.rollouts, self.group_size)
+        return score(self.reward_fn, examples, drawn.rollouts, self.group_size, state, self.completion_prefix)
 
 
 @dataclass
@@ -108,6 +126,7 @@ class PrefixSource:
     demo_ids: Any  # examples → demonstration token ids (the SFT target, eos appended)
     prefix: Any  # rl.prefix_rft
     steps: int  # rl.steps (the prefix schedule runs over them)
+    completion_prefix: str = ""  # what the chat template's generation prompt writes of each completion
 
     def sample(self, policy, examples, params, generator, seeds, step) -> Drawn:
         """(B,) examples → Drawn with B×G rows, the hybrids' prefix tokens marked in `prefix_mask`."""
@@ -115,9 +134,9 @@ class PrefixSource:
                                         params, generator, step, self.steps, self.prefix, self.group_size,
                                         seeds))
 
-    def score(self, examples, drawn) -> tuple[torch.Tensor, Any]:
+    def score(self, examples, drawn, state=None) -> tuple[torch.Tensor, Any]:
         """(N,) rewards and the RewardResult."""
-        return score(self.reward_fn, examples, drawn.rollouts, self.group_size)
+        return score(self.reward_fn, examples, drawn.rollouts, self.group_size, state, self.completion_prefix)
 
 
 @dataclass
@@ -131,7 +150,7 @@ class EpisodeSource:
         ro, scores, result, turns = self.episodes(policy, examples, params, generator)
         return Drawn(ro, scores, result, turns)
 
-    def score(self, examples, drawn) -> tuple[torch.Tensor, Any]:
+    def score(self, examples, drawn, state=None) -> tuple[torch.Tensor, Any]:
         """The environment's scores, computed while sampling."""
         return drawn.scores, drawn.result
 
@@ -139,14 +158,15 @@ class EpisodeSource:
 def build_source(recipe, sampler, tokenizer, prompt_ids, reward_fn, episodes) -> RolloutSource:
     """The run's rollout source: episodes (a MultiTurnRollout) with `rl.env`, Prefix-RFT hybrids with
     `rl.prefix_rft`, else plain sampling. `prompt_ids`: examples → rendered prompt token ids."""
-    cfg = recipe.rl
+    cfg, fmt = recipe.rl, chat_format(tokenizer, recipe.prompt)
     if episodes is not None:
         return EpisodeSource(episodes)
     if cfg.prefix_rft is None:
-        return PlainSource(sampler, reward_fn, prompt_ids, cfg.group_size)
+        return PlainSource(sampler, reward_fn, prompt_ids, cfg.group_size, fmt.prefix)
     demo_ids = lambda exs: [[*ids, tokenizer.eos_token_id] for ids in tokenizer(  # noqa: E731  Prefix-RFT's y*
-        [render_target(e, recipe.prompt.strategy) for e in exs], add_special_tokens=False).input_ids]
-    return PrefixSource(sampler, reward_fn, prompt_ids, cfg.group_size, demo_ids, cfg.prefix_rft, cfg.steps)
+        [fmt.target(e) for e in exs], add_special_tokens=False).input_ids]
+    return PrefixSource(sampler, reward_fn, prompt_ids, cfg.group_size, demo_ids, cfg.prefix_rft, cfg.steps,
+                        fmt.prefix)
 
 
 # ---- one step's sampling, with refill -----------------------------------------------------------------------
@@ -159,6 +179,7 @@ class SampleSettings:
     max_rounds: int  # 1 + rl.max_resample with a refilling filter, else 1
     seed: int
     record_curriculum: bool  # keep per-prompt rewards for rl.curriculum's retrospective sampling
+    steps: int = 0  # rl.steps (trainer_state.max_steps of the reward functions)
 
 
 def sample_step(policy, source: RolloutSource, group_filter, pool: list[Example], state: TrainerState,
@@ -179,9 +200,9 @@ def sample_step(policy, source: RolloutSource, group_filter, pool: list[Example]
             drawn = source.sample(policy, examples, params, gen, seeds, state.step)
         times["tokens"] = times.get("tokens", 0) + int(drawn.rollouts.lengths.sum())
         with Timer(times, "time/reward_s"):
-            scores, result = source.score(examples, drawn)
+            scores, result = source.score(examples, drawn, reward_state(state, st, len(pool), dist.rank))
         if st.record_curriculum:  # every rank's per-prompt rewards, for retrospective sampling (curriculum.py)
-            for prompts, sc in dist.gather_objects(([e.prompt for e in examples], scores.cpu())):
+            for prompts, sc in dist.gather_objects(([e.key for e in examples], scores.cpu())):
                 record_rewards(state.curriculum["rewards"], prompts, sc, G)
         keep, fmetrics = group_filter(scores, G, **opts)  # (K,) group indices; DUPO repeats some
         if first is None:  # what the policy itself produced, before any refill
@@ -200,6 +221,12 @@ def sample_step(policy, source: RolloutSource, group_filter, pool: list[Example]
     turns = Turns.cat(kept_turns).select(torch.arange(n * G)) if kept_turns else None
     return StepBatch(kept_ex[:n], ro, torch.cat(kept_scores)[: n * G], turns, first,
                      rollout_metrics(first, parts, times, rounds))
+
+
+def reward_state(state: TrainerState, st: SampleSettings, pool: int, rank: int) -> RewardState:
+    """The `trainer_state` reward functions get: optimizer steps so far, rl.steps, passes over the pool."""
+    return RewardState(global_step=state.step, max_steps=st.steps, epoch=state.cursor / max(1, pool),
+                       is_world_process_zero=rank == 0, is_local_process_zero=rank == 0)
 
 
 def rollout_metrics(first: Round, parts: list, times: dict, rounds: int) -> dict[str, Any]:

@@ -5,18 +5,29 @@ Options:
                  .tsv file; a local `datasets` folder (save_to_disk) or data folder; or a `datasets`
                  name, read with `datasets.load_dataset(path, name=dataset_config, split=dataset_split)`
                  (a path that starts with /, . or ~ is never looked up as a name).
-    fields:      {prompt: column, answer: column, solution: column, <any>: column}. prompt and answer are
-                 required; solution is optional; any other key is copied into Example.meta. A dotted
-                 column (`meta.answer`, `choices.0`) reads nested objects and lists. Default:
-                 {prompt: prompt, answer: answer}, plus solution when a record has a `solution` column.
+    fields:      {prompt: column, answer: column, solution: column, completion: column, messages: column,
+                 <any>: column}. prompt (or messages) is required, answer too unless the record has an SFT
+                 target; solution is optional; any other key is copied into Example.meta. A dotted column
+                 (`meta.answer`, `choices.0`) reads nested objects and lists. Default: {prompt: prompt,
+                 answer: answer}, plus solution, completion and messages when a record has those columns.
+                 Without fields, a record with no `answer` but a `solution` (TRL's math sets) takes the gold
+                 answer from it: its last `<answer>` / `\\boxed{}` when it has one (the solution is then also
+                 the trace), else the whole solution (the solution is the gold answer, no trace).
+
+Formats (TRL's): `prompt` is a string or a list of chat messages (`{"role", "content"}`: the conversational
+format, rendered with the model's chat template as given, its system message included). An SFT target used
+verbatim comes from `completion` (a string or a list of assistant messages; TRL's prompt-completion format)
+or from `messages` (TRL's language-modeling format: the last assistant message is the target, the messages
+before it the prompt). The answer of such a record, when it has no answer field, is the target's last
+`<answer>` / `\\boxed{}`. Every column of a record reaches reward functions under its own name.
     val_path, test_path:  optional files for those splits (same format rules).
     val_frac, test_frac:  hash split of `path` for the splits without a file (defaults 0.05 / 0.1).
 
 The data is read when the task is built, so errors surface at once. Every error names the file and the
 place: `data.jsonl, line 7: malformed JSON: ...`, `data.jsonl, line 3: missing field 'question'
 (fields.prompt)`, `data.csv, line 12: ...`, `data.parquet, row 4: ...`, `data.json, record 2: ...`;
-an empty source and a missing file raise too. The prompt must be a non-empty string; the answer a
-non-empty string or a number (written with str()); a null solution means none.
+an empty source and a missing file raise too. The prompt must be a non-empty string or a non-empty list of
+messages; the answer a non-empty string or a number (written with str()); a null solution means none.
 
 Splits: a record of `path` goes to the split that the stable hash of its prompt picks
 (coldstart/tasks/split.py); when val_path / test_path is given, that split comes from its file and
@@ -185,8 +196,55 @@ def get_field(record: dict, name: str) -> Any:
     return value
 
 
+def _messages(where: str, value: Any, key: str, column: str) -> list[dict]:
+    """A list of chat messages, checked: dicts with a string role and string (or typed-block list) content."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field {column!r} (fields.{key}) must be a non-empty list of messages")
+    for j, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and (m.get("content") is None or isinstance(m.get("content"), (str, list)))):
+            raise ValueError(f"{where}: field {column!r} (fields.{key}), message {j}: expected {{'role': str, "
+                             f"'content': str}}, got {m!r:.80}")
+    return value
+
+
+def _text(messages: list[dict]) -> str:
+    """The assistant content of a message list (TRL's conversational completion)."""
+    from coldstart.rewards.basic import completion_text
+
+    return completion_text(messages)
+
+
+def _prompt_and_target(where: str, record: dict, fields: dict[str, str], need) -> tuple[Any, str | None]:
+    """(prompt, verbatim SFT target or None) from the prompt / completion / messages fields."""
+    has = lambda key: key in fields and get_field(record, fields[key]) is not _MISSING  # noqa: E731
+    if "prompt" not in fields or (has("messages") and not has("prompt")):
+        messages = _messages(where, need("messages"), "messages", fields["messages"])
+        if messages[-1].get("role") != "assistant" or len(messages) < 2:
+            raise ValueError(f"{where}: field {fields['messages']!r} (fields.messages) must end with an assistant "
+                             "message (the SFT target) after the prompt's messages")
+        return messages[:-1], _text(messages[-1:])
+    prompt = need("prompt")
+    if isinstance(prompt, list):
+        prompt = _messages(where, prompt, "prompt", fields["prompt"])
+    elif not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: field {fields['prompt']!r} (fields.prompt) must be a non-empty string or a list "
+                         f"of messages, got {prompt!r:.80}")
+    target = None
+    if "completion" in fields and get_field(record, fields["completion"]) is not _MISSING:
+        value = need("completion", allow_none=True)
+        if isinstance(value, list):
+            value = _text(_messages(where, value, "completion", fields["completion"]))
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{where}: field {fields['completion']!r} (fields.completion) must be a string or a list "
+                             "of messages")
+        target = value
+    return prompt, target
+
+
 def to_example(where: str, record: dict, fields: dict[str, str], solution_optional: bool) -> Example:
     """One record → Example; ValueError naming `where` and the field on a missing or bad value."""
+    from coldstart.rewards.extract import extract_answer
 
     def need(key: str, allow_none: bool = False) -> Any:
         value = get_field(record, fields[key])
@@ -197,21 +255,27 @@ def to_example(where: str, record: dict, fields: dict[str, str], solution_option
             raise ValueError(f"{where}: field {fields[key]!r} (fields.{key}) is null")
         return value
 
-    prompt = need("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: field {fields['prompt']!r} (fields.prompt) must be a non-empty string, "
-                         f"got {prompt!r:.80}")
-    answer = need("answer")
-    if not isinstance(answer, (str, int, float)) or not str(answer).strip():
-        raise ValueError(f"{where}: field {fields['answer']!r} (fields.answer) must be a non-empty string or "
-                         f"a number, got {answer!r:.80}")
+    prompt, target = _prompt_and_target(where, record, fields, need)
     solution = None
     if "solution" in fields and not (solution_optional and get_field(record, fields["solution"]) is _MISSING):
         solution = need("solution", allow_none=True)
         if solution is not None and not isinstance(solution, str):
             raise ValueError(f"{where}: field {fields['solution']!r} (fields.solution) must be a string")
-    meta = {k: need(k, allow_none=True) for k in fields if k not in ("prompt", "answer", "solution")}
-    return Example(prompt=prompt, answer=str(answer), solution=solution, meta=meta)
+    if get_field(record, fields["answer"]) is _MISSING and (target or (solution_optional and solution)):
+        answer = extract_answer(target or solution)  # TRL's data: the gold sits in the target or the solution
+        if answer is None and target is None:
+            answer, solution = solution, None  # a solution without a final-answer block is the gold answer
+        if answer is None:
+            raise ValueError(f"{where}: no field {fields['answer']!r} (fields.answer), and the target has no "
+                             "<answer> block or \\boxed{} to take the answer from: set fields.answer")
+    else:
+        answer = need("answer")
+    if not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        raise ValueError(f"{where}: field {fields['answer']!r} (fields.answer) must be a non-empty string or "
+                         f"a number, got {answer!r:.80}")
+    meta = {k: need(k, allow_none=True) for k in fields if k not in ("prompt", "answer", "solution", "completion",
+                                                                    "messages")}
+    return Example(prompt=prompt, answer=str(answer), solution=solution, meta=meta, target=target, record=record)
 
 
 def read_examples(path: str, fields: dict[str, str], o: FileOptions, solution_optional: bool) -> list[Example]:
@@ -267,8 +331,13 @@ def build(options: dict | None = None, seed: int = 0) -> FileTask:
     if not o.path:
         raise ValueError("file: option path is required (a data file, folder or `datasets` name)")
     check_fracs("file", o.val_frac, o.test_frac)
-    fields = dict(o.fields or {"prompt": "prompt", "answer": "answer", "solution": "solution"})
-    for key in ("prompt", "answer", *fields):
+    fields = dict(o.fields or {"prompt": "prompt", "answer": "answer", "solution": "solution",
+                               "completion": "completion", "messages": "messages"})
+    if "prompt" not in fields and "messages" not in fields:
+        raise ValueError(f"file: option fields must map 'prompt' (or 'messages') to a column name, got {o.fields!r}")
+    if "completion" in fields or "messages" in fields:  # the answer may come from the SFT target
+        fields.setdefault("answer", "answer")
+    for key in ("answer", *fields):
         if not isinstance(fields.get(key), str) or not fields[key]:
             raise ValueError(f"file: option fields must map {key!r} to a column name, got {o.fields!r}")
     optional = o.fields is None  # the default `solution` column may be absent
@@ -276,18 +345,18 @@ def build(options: dict | None = None, seed: int = 0) -> FileTask:
     for split, p in (("test", o.test_path), ("val", o.val_path)):
         if p:
             splits[split] = read_examples(p, fields, o, optional)
-    held = {e.prompt for e in splits["test"]}
-    kept_val = [e for e in splits["val"] if e.prompt not in held]
+    held = {e.key for e in splits["test"]}
+    kept_val = [e for e in splits["val"] if e.key not in held]
     dropped = {"val_path": len(splits["val"]) - len(kept_val), "path": 0}
     splits["val"] = kept_val
-    held |= {e.prompt for e in kept_val}
+    held |= {e.key for e in kept_val}
     val_frac = 0.0 if o.val_path else o.val_frac
     test_frac = 0.0 if o.test_path else o.test_frac
     for e in read_examples(o.path, fields, o, optional):
-        if e.prompt in held:
+        if e.key in held:
             dropped["path"] += 1
         else:
-            splits[split_of(e.prompt, val_frac, test_frac)].append(e)
+            splits[split_of(e.key, val_frac, test_frac)].append(e)
     if any(dropped.values()):
         log.info("file %s: dropped records whose prompt is in a held-out split: %s", o.path, dropped)
     return FileTask(splits=splits, seed=seed, name=f"file:{Path(o.path).name}", dropped=dropped)

@@ -25,15 +25,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from ..config import Recipe
 from ..evaluate import encode_prompts
-from ..prompts import format_ok, get_strategy, render_prompt, render_target
+from ..prompts import chat_format, format_ok, get_strategy
 from ..rewards import GoldAnswerError, build_reward, extract_answer
+from ..rewards.combine import score_rows
 from ..types import Example
 
 BEST_IS_ONE = ("task", "accuracy", "exact", "format")  # reward parts whose score on a gold SFT target must be 1
@@ -71,12 +71,11 @@ def group_stats(correct: list[list[bool]], totals: list[list[float]]) -> dict[st
             "zero_std_frac": sum(max(t) == min(t) for t in totals) / n}
 
 
-def _reward_rows(reward_fn, examples: list[Example], texts: list[str], lengths: list[int], truncated: list[bool]):
-    """The RewardResult of `texts` (one per example), with the columns the RL loop passes (rl.score)."""
-    from ..rl import score
-
-    ro = SimpleNamespace(texts=texts, lengths=torch.tensor(lengths), truncated=torch.tensor(truncated))
-    return score(reward_fn, examples, ro, 1)[1]
+def _reward_rows(reward_fn, examples: list[Example], texts: list[str], truncated: list[bool], tokenizer,
+                 prefix: str = ""):
+    """The RewardResult of `texts` (one per example), called as the RL loop calls rewards (rl.score)."""
+    ids = tokenizer(texts, add_special_tokens=False).input_ids if texts else []
+    return score_rows(reward_fn, examples, texts, completion_ids=ids, truncated=truncated, prefix=prefix)
 
 
 def gold_checks(task, examples: list[Example], recipe: Recipe, reward_fn, tokenizer) -> dict[str, Any]:
@@ -84,10 +83,11 @@ def gold_checks(task, examples: list[Example], recipe: Recipe, reward_fn, tokeni
     and math-verify's parse of each gold when an `accuracy` reward is used."""
     from ..rewards.accuracy import parse_gold
 
-    strategy = recipe.prompt.strategy
-    targets = [render_target(ex, strategy) for ex in examples]
+    fmt = chat_format(tokenizer, recipe.prompt)
+    targets = [fmt.target(ex) for ex in examples]  # as the model continues the prompt; rewards get fmt.prefix
     lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets]
-    result = _reward_rows(reward_fn, examples, targets, lengths, [False] * len(targets))
+    result = _reward_rows(reward_fn, examples, targets, [False] * len(targets), tokenizer, fmt.prefix)
+    targets = [fmt.prefix + t for t in targets]  # the model's whole turn
     verifier_fail = [ex.answer for ex, t in zip(examples, targets) if task.verify(ex, t) < 1.0]
     extract_fail = [ex.answer for ex, t in zip(examples, targets) if (extract_answer(t) or "") != ex.answer.strip()]
     parse_fail: list[str] = []
@@ -111,17 +111,16 @@ def template_checks(tokenizer, example: Example, recipe: Recipe, reward_fn) -> d
     """Does the RL prompt already open the strategy's tag (so the model never writes it), and does each
     format-like reward part accept the SFT target as the model would continue that prompt?"""
     tag = get_strategy(recipe.prompt.strategy).tag
-    prompt = render_prompt(tokenizer, example, recipe.prompt.strategy, recipe.prompt.system)
-    cut = prompt.rfind(example.prompt)
-    tail = prompt[cut + len(example.prompt):] if cut >= 0 else prompt[-40:]  # the generation prompt
-    opens = f"<{tag}>" in tail or tail.rstrip().endswith(f"<{tag}>")
-    target = render_target(example, recipe.prompt.strategy)
-    continuation = target[len(f"<{tag}>"):] if opens and target.startswith(f"<{tag}>") else target
-    n = len(tokenizer(continuation, add_special_tokens=False).input_ids)
-    parts = _reward_rows(reward_fn, [example], [continuation], [n], [False]).parts
-    return {"tag": tag, "generation_prompt": tail, "template_opens_tag": opens,
-            "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-            "reward_on_continuation": {k: v[0] for k, v in parts.items()}}
+    fmt = chat_format(tokenizer, recipe.prompt)
+    continuation = fmt.target(example)
+    parts = _reward_rows(reward_fn, [example], [continuation], [False], tokenizer, fmt.prefix).parts
+    whole = _reward_rows(reward_fn, [example], [fmt.prefix + continuation], [False], tokenizer).parts
+    prompt = fmt.text(example)
+    return {"tag": tag, "generation_prompt": prompt[-len(fmt.prefix) - 40:], "template_opens_tag": bool(fmt.prefix),
+            "completion_prefix": fmt.prefix, "think_layout": fmt.think_layout, "bos_added": fmt.bos is not None,
+            "chat_template": bool(getattr(tokenizer, "chat_template", None)), "sft_continuation": continuation,
+            "reward_on_continuation": {k: v[0] for k, v in parts.items()},
+            "reward_on_whole_turn": {k: v[0] for k, v in whole.items()}}
 
 
 def sample_groups(model, tokenizer, examples: list[Example], recipe: Recipe, k: int, batch_size: int):
@@ -174,12 +173,14 @@ def inspect_recipe(recipe: Recipe, out: Path, prompts: int = 32, k: int | None =
     examples = prompt_batch(pool, 0, min(prompts, len(pool)), recipe.run.seed)
     console.print(f"inspect: {len(examples)} prompts × {k} samples from {start}")
     model = load_model(start, recipe.run.dtype, device).eval()
-    tokenizer = load_tokenizer(start)
-    reward_fn = build_reward([s.model_dump() for s in recipe.rl.rewards], task=task)
+    tokenizer = load_tokenizer(start, recipe.model.chat_template)
+    reward_fn = build_reward([s.model_dump() for s in recipe.rl.rewards], task=task, search=recipe.folders,
+                             stop_on_failure=False)
     with torch.no_grad():
         ids, texts, lengths, truncated = sample_groups(model, tokenizer, examples, recipe, k, recipe.eval.batch_size)
     rows = [ex for ex in examples for _ in range(k)]
-    result = _reward_rows(reward_fn, rows, texts, lengths, truncated)
+    prefix = chat_format(tokenizer, recipe.prompt).prefix
+    result = _reward_rows(reward_fn, rows, texts, truncated, tokenizer, prefix)
     verified = [task.verify(ex, t) >= 1.0 for ex, t in zip(rows, texts)]
     groups = group_stats([verified[i * k : (i + 1) * k] for i in range(len(examples))],
                          [result.total[i * k : (i + 1) * k] for i in range(len(examples))])
@@ -190,7 +191,8 @@ def inspect_recipe(recipe: Recipe, out: Path, prompts: int = 32, k: int | None =
         "prompts": len(examples), "k": k, "groups": groups,
         "reward": {"mean": sum(result.total) / len(result.total), **{f"part/{n}": sum(v) / len(v)
                                                                      for n, v in result.parts.items()},
-                   "errors": result.errors, "error_messages": result.error_messages},
+                   "errors": result.errors, "error_messages": result.error_messages,
+                   "failed": {name: k_ / len(result.total) for name, k_ in result.failed.items()}},
         "lengths": {"max_len": recipe.model.max_len, "max_new_tokens": cfg.max_new_tokens,
                     "prompt_tokens": percentiles(prompt_lens), "response_tokens": percentiles(lengths),
                     "truncated_frac": sum(truncated) / len(truncated),
@@ -198,7 +200,8 @@ def inspect_recipe(recipe: Recipe, out: Path, prompts: int = 32, k: int | None =
                     / len(prompt_lens)},
         "gold": gold_checks(task, examples, recipe, reward_fn, tokenizer),
         "format": {**template_checks(tokenizer, examples[0], recipe, reward_fn),
-                   "samples_format_ok_frac": sum(format_ok(t, recipe.prompt.strategy) for t in texts) / len(texts),
+                   "samples_format_ok_frac": sum(format_ok(prefix + t, recipe.prompt.strategy) for t in texts)
+                   / len(texts),
                    "samples_with_answer_frac": sum(extract_answer(t) is not None for t in texts) / len(texts)},
         "samples": [{"prompt": ex.prompt, "answer": ex.answer, "completion": t, "reward": r}
                     for ex, t, r in list(zip(rows, texts, result.total))[:: max(1, k)][:5]],
@@ -214,6 +217,13 @@ def verdict(report: dict[str, Any], recipe: Recipe) -> list[dict[str, str]]:
     cfg, out = recipe.rl, []
     add = lambda level, msg: out.append({"level": level, "message": msg})
     g, lens, gold, fmt = report["groups"], report["lengths"], report["gold"], report["format"]
+    for name, frac in report["reward"].get("failed", {}).items():
+        example = next((m for m in report["reward"]["error_messages"] if m.startswith(f"{name}[")), "")
+        add("error" if frac > 0.5 else "warn",
+            f"reward {name!r} failed on {frac:.0%} of the samples (scored 0 there), e.g. {example}: it is called as "
+            "TRL's GRPOTrainer calls it, fn(prompts=..., completions=..., completion_ids=..., trainer_state=..., "
+            "**columns), every data column under its own name; fix the function or the columns it reads"
+            + (" (rl stops when a reward fails on every item of a batch)" if frac == 1 else ""))
     if gold["verifier_fail_frac"] > 0:
         add("error", f"{gold['verifier_fail_frac']:.0%} of gold answers fail the task's own verifier on the SFT "
                      f"target (e.g. {gold['verifier_fail'][:3]}): fix the data's answer field or the verifier")
@@ -230,12 +240,15 @@ def verdict(report: dict[str, Any], recipe: Recipe) -> list[dict[str, str]]:
                          f"format SFT teaches ({fmt['tag']} then answer, prompt.strategy={recipe.prompt.strategy}) "
                          f"is not what the reward expects; align rl.rewards options (tag: {fmt['tag']}) with the "
                          "strategy")
-    if fmt["template_opens_tag"]:
-        blocked = [n for n, v in fmt["reward_on_continuation"].items() if n.startswith("format") and v < 1.0]
-        add("error" if blocked else "warn",
-            f"the chat template's generation prompt {fmt['generation_prompt']!r} already opens <{fmt['tag']}>, so "
-            "the model never writes it" + (f" and reward {blocked} can never be met" if blocked else "")
-            + ": remove the tag from the template, or use a non-strict format reward (options: {strict: false})")
+    blocked = [n for n, v in fmt["reward_on_continuation"].items()  # scores the turn lower without the prefix
+               if v < fmt["reward_on_whole_turn"][n] - 1e-6 or (n.split("_")[0] in BEST_IS_ONE and v < 1.0)]
+    if fmt["template_opens_tag"] and blocked:
+        add("error", f"the chat template's generation prompt already writes {fmt['completion_prefix']!r}, so the model "
+                     f"never does, and reward {blocked} scores the SFT target as the model would continue it "
+                     f"{fmt['sft_continuation'][:60]!r} below 1: a reward of your own must read the "
+                     "`completion_prefix` column (coldstart's built-ins do), or give a template whose generation "
+                     "prompt opens nothing (model.chat_template, or prompt.chat_template_kwargs such as "
+                     "{enable_thinking: false})")
     if lens["over_max_len_frac"] > 0:
         need = lens["prompt_tokens"]["max"] + cfg.max_new_tokens
         add("error", f"{lens['over_max_len_frac']:.0%} of prompts + rl.max_new_tokens exceed model.max_len="
