@@ -88,6 +88,8 @@ def test_alarms_quiet_on_a_healthy_run():
              "logprob_gap": 0.002, "reward/errors": 0} for i in range(1, 41)]
     assert alarms({"rl": rows}) == []
     assert "reward scores failed" in alarms({"rl": [{"step": 1, "reward/errors": 3}]})[0]
+    mostly = alarms({"rl": [{"step": i, "reward/errors": 12, "reward/failed/my:fn": 0.75} for i in range(3)]})
+    assert any("reward 'my:fn' failed on 75% of the samples" in a for a in mostly)
 
 
 def test_tensorboard_sink_holds_the_metrics_rows(run_dir):

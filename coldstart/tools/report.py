@@ -122,6 +122,12 @@ def alarms(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         _, errs = series(rows, "reward/errors")
         if sum(errs) > 0:
             out.append(f"{stage}: {sum(errs):.0f} reward scores failed and were set to 0 (see the log for why)")
+        for name in sorted({k for r in rows for k in r if k.startswith("reward/failed/")}):
+            _, frac = series(rows, name)
+            if frac and _mean(frac) > 0.5:
+                out.append(f"{stage}: reward {name[len('reward/failed/'):]!r} failed on {_mean(frac):.0%} of the "
+                           "samples on average (scored 0 there): the run learned from zeros; fix it (coldstart "
+                           "inspect shows how it is called)")
     return out
 
 
