@@ -349,12 +349,82 @@ class ConfigError(ValueError):
     """A recipe that does not validate; the message names the file, the key and what was expected."""
 
 
+# TRL 1.16 GRPOConfig / SFTConfig / DPOConfig (and TrainingArguments) names -> (coldstart key, what differs).
+# An unknown recipe key with one of these names gets the hint; tests/test_config.py checks every target exists.
+TRL_NAMES: dict[str, tuple[str, str]] = {
+    "num_generations": ("rl.group_size", "completions per prompt; TRL's default 8, ours 8"),
+    "beta": ("rl.kl_coef", "dpo.beta in a DPO recipe; TRL's GRPO default 0.0, ours 0.0 (no reference model)"),
+    "epsilon": ("rl.eps_low", "the clip range below 1; TRL's 0.2, ours 0.2"),
+    "epsilon_high": ("rl.eps_high", "clip-higher is on by default here (0.28, DAPO); TRL's None means = epsilon"),
+    "delta": ("rl.dual_clip", "not the same bound: TRL's delta caps the ratio, our dual_clip is Ye et al.'s c"),
+    "max_completion_length": ("rl.max_new_tokens", "sft.max_new_tokens / eval.max_new_tokens for those stages"),
+    "num_iterations": ("rl.epochs", "update passes over each rollout batch (μ)"),
+    "mask_truncated_completions": ("rl.overlong_filter", "masks truncated completions out of the loss"),
+    "report_to": ("run.log_to", "a list of tensorboard / wandb"),
+    "learning_rate": ("rl.lr", "each stage has its own: sft.lr, rl.lr, dpo.lr, rsft.lr"),
+    "per_device_train_batch_size": ("rl.prompts_per_step", "TRL counts completions per device, we count prompts "
+                                    "per step (rl.prompts_per_step × rl.group_size completions); sft.batch_size "
+                                    "for SFT"),
+    "gradient_accumulation_steps": ("rl.micro_batch_size", "we set the step's batch and split it into micro "
+                                    "batches for memory instead"),
+    "max_steps": ("rl.steps", "sft.max_steps / dpo.max_steps for those stages"),
+    "num_train_epochs": ("sft.epochs", "dpo.epochs for DPO; RL runs rl.steps"),
+    "loss_type": ("rl.loss_agg", "TRL's loss_type is the aggregation: dapo / bnpo = token_mean, grpo = "
+                  "seq_mean_token_mean, dr_grpo = constant; our rl.advantage: dr_grpo is the estimator "
+                  "(no std scaling); DPO's is dpo.loss"),
+    "scale_rewards": ("rl.advantage", "group = grpo (scaled by the group's std), none = dr_grpo"),
+    "reward_weights": ("rl.rewards", "a weight on each entry: rewards: [{name: ..., weight: 0.5}]"),
+    "reward_funcs": ("rl.rewards", "entries {name: my_module:my_reward}; TRL reward functions run unchanged"),
+    "temperature": ("rl.temperature", "eval.temperature for evaluation"),
+    "top_p": ("rl.top_p", ""),
+    "top_k": ("rl.top_k", "0 disables, as in TRL"),
+    "seed": ("run.seed", ""),
+    "output_dir": ("run.out", "or --out DIR"),
+    "max_length": ("model.max_len", "prompt + completion tokens"),
+    "warmup_ratio": ("rl.warmup", "each stage has its own: sft.warmup, rl.warmup, dpo.warmup"),
+    "lr_scheduler_type": ("rl.schedule", "cosine / linear / constant; each stage has its own"),
+    "max_grad_norm": ("rl.grad_clip", "each stage has its own"),
+    "weight_decay": ("rl.weight_decay", "each stage has its own"),
+    "save_steps": ("rl.save_every", "each stage has its own"),
+    "eval_steps": ("rl.eval_every", "each stage has its own"),
+    "chat_template_kwargs": ("prompt.chat_template_kwargs", "e.g. {enable_thinking: false}"),
+    "chat_template_path": ("model.chat_template", "a file or the template text"),
+    "completion_only_loss": ("sft.traces", "SFT always trains on the completion tokens only"),
+    "use_vllm": ("rl.sampler", "vLLM rollouts are not built yet (issue 17): rl.sampler is torch or hf"),
+    "bf16": ("run.dtype", "bfloat16 / float32"),
+    "gradient_checkpointing": ("run.compile", "no activation checkpointing yet; run.compile compiles the blocks"),
+    "entropy_coef": ("rl.entropy_coef", ""),
+    "top_entropy_quantile": ("rl.pad", "no direct equivalent; rl.filter: pad selects tokens by |advantage|"),
+}
+
+
+def _hint(loc: tuple) -> str:
+    """'; TRL's X is rl.y (...)' or '; did you mean rl.y?' for an unknown key at `loc`, else ''."""
+    import difflib
+
+    leaf = str(loc[-1])
+    if leaf in TRL_NAMES:
+        target, note = TRL_NAMES[leaf]
+        return f"; TRL's {leaf} is {target}" + (f" ({note})" if note else "")
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        model = getattr(field, "annotation", None)
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.75)
+    if not close:  # the right key, in another section?
+        every = [f"{s}.{k}" for s, f in Recipe.model_fields.items() for k in getattr(f.annotation, "model_fields", {})]
+        close = [k for k in every if k.split(".")[-1] == leaf][:1]
+        return f"; did you mean {close[0]}?" if close else ""
+    return f"; did you mean {'.'.join(str(p) for p in (*loc[:-1], close[0]))}?"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid recipe"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(f"  {key}: unknown key{_hint(e['loc'])}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -239,7 +239,8 @@ def chat_format(tokenizer: Any, prompt: Any = None, system: bool | None = None) 
     """The ChatFormat of `tokenizer` under `prompt` (a PromptConfig, a strategy name or None; `system`
     overriding its system)."""
     cfg = _cfg(prompt, system)
-    return ChatFormat(tokenizer, cfg, generation_prefix(tokenizer, cfg), has_think_layout(tokenizer),
+    prefix = generation_prefix(tokenizer, cfg)  # a generation prompt that opens <think>\n implies the layout
+    return ChatFormat(tokenizer, cfg, prefix, has_think_layout(tokenizer) or prefix.startswith("<think>\n"),
                       adds_bos(tokenizer))
 
 

@@ -91,3 +91,70 @@ def test_format_ok_checks_the_strategy_tag():
     assert not format_ok("<think>p</think><answer>1</answer>", "plan")
     for name in STRATEGIES:
         assert format_ok(render_target(Example("q", "1", "work"), name), name)
+
+
+# ---- chat formats: generation prefixes, think layouts, BOS (real-vocabulary cases: tests/test_realtok.py) ---------
+def _char(template: str | None):
+    from coldstart.models import CHAT_TEMPLATE, build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    tok.chat_template = None if template is None else template.replace("%CHAT%", CHAT_TEMPLATE)
+    return tok
+
+
+HYBRID = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+          "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
+          "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+OPENS = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+
+
+def test_a_generation_prompt_that_opens_think_is_continued_not_doubled():
+    from coldstart.config import PromptConfig
+    from coldstart.prompts import chat_format
+
+    ex = Example("2+3", "5", "2+3=5")
+    fmt = chat_format(_char(OPENS), PromptConfig(system=False))
+    assert fmt.prefix == "<think>\n" and fmt.think_layout
+    assert fmt.text(ex).endswith("<|assistant|><think>\n")
+    assert fmt.target(ex) == "2+3=5\n</think>\n\n<answer>5</answer>"  # the model's own layout, inside the tag
+    assert (fmt.prefix + fmt.target(ex)).count("<think>") == 1
+
+    plain = chat_format(_char(HYBRID), PromptConfig(system=False))
+    assert plain.prefix == "" and plain.target(ex) == "<think>\n2+3=5\n</think>\n\n<answer>5</answer>"
+    off = chat_format(_char(HYBRID), PromptConfig(system=False, chat_template_kwargs={"enable_thinking": False}))
+    assert off.prefix == "<think>\n\n</think>\n\n" and off.text(ex).endswith("<think>\n\n</think>\n\n")
+    assert off.target(ex) == "<answer>5</answer>"  # thinking off: the template wrote an empty block
+
+    no_template = chat_format(_char(None), PromptConfig(system=False))
+    assert no_template.prefix == "" and no_template.target(ex) == "<think>2+3=5</think><answer>5</answer>"
+
+
+def test_bos_is_added_when_the_tokenizer_convention_adds_it_and_never_doubled():
+    from tokenizers import processors
+
+    from coldstart.config import PromptConfig
+    from coldstart.prompts import chat_format
+
+    tok = _char(None)
+    assert chat_format(tok).bos is None  # the character tokenizer adds no BOS: nothing changes
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    fmt = chat_format(tok, PromptConfig(system=False))
+    ids = fmt.prompt_ids("2+3")
+    assert fmt.bos == tok.bos_token_id and ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+    tok.chat_template = "<s>{% for m in messages %}{{ m['content'] }}{% endfor %}"  # a template writing BOS
+    ids = chat_format(tok, PromptConfig(system=False)).prompt_ids("2+3")
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+def test_system_prompt_and_template_kwargs_reach_the_template():
+    from coldstart.config import PromptConfig
+    from coldstart.prompts import render_prompt
+
+    tok = _char("%CHAT%")
+    assert "<|system|>Be brief." in render_prompt(tok, "2+3", PromptConfig(system_prompt="Be brief."))
+    assert "<|system|>" not in render_prompt(tok, "2+3", PromptConfig(system=False))
+    conv = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "2+3"}]
+    assert render_prompt(tok, conv) == "<|system|>Mine.<|user|>2+3<|assistant|>"
+    assert render_prompt(None, conv) == "Mine.\n\n2+3\n"

@@ -159,7 +159,22 @@ def recipe_reference() -> str:
         table = ["| key | type | default | description |", "|---|---|---|---|"]
         table += [f"| `{k}` | `{_cell(t)}` | `{_cell(d)}` | {_cell(desc)} |" for k, t, d, desc in rows(prefix, model)]
         parts.append(head + "\n" + "\n".join(table) + "\n")
-    return "\n".join(parts)
+    return "\n".join([*parts, trl_table()])
+
+
+def trl_table() -> str:
+    """The markdown table of TRL config names and the recipe keys that do their job (config.TRL_NAMES)."""
+    from coldstart.config import TRL_NAMES
+
+    head = ("#### Coming from TRL\n"
+            "TRL's `GRPOConfig` / `SFTConfig` / `DPOConfig` names and the recipe keys that do their job; an unknown "
+            "key with one of these names gets this hint. The main differences: batches count prompts "
+            "(`rl.prompts_per_step` × `rl.group_size` completions), not completions per device; clip-higher is on "
+            "by default (`rl.eps_high: 0.28`); TRL's `loss_type` is our `rl.loss_agg`, and `dr_grpo` in "
+            "`rl.advantage` is the estimator (no std scaling). Reward functions are called as TRL calls them.\n")
+    table = ["| TRL | coldstart | note |", "|---|---|---|"]
+    table += [f"| `{name}` | `{key}` | {_cell(note)} |" for name, (key, note) in TRL_NAMES.items()]
+    return head + "\n" + "\n".join(table) + "\n"
 
 
 def replace_block(text: str, block: str, source: str = "README.md") -> str:
