@@ -26,7 +26,8 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]  # 151643 ..
 QWEN_ADDED = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-              "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>"]  # 151657 ..
+              "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>",
+              "</think>"]  # 151657 ..
 
 _QWEN_TURNS = (
     "{%- for m in messages %}"
@@ -54,7 +55,8 @@ QWEN3 = (
     "{%- if '</think>' in content %}{%- set reasoning = content.split('</think>')[0].split('<think>')[-1] %}"
     "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
     "{%- if loop.index0 > ns.last_query %}"
-    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content"
+    " + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{%- endif %}"
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
@@ -67,7 +69,8 @@ DEEPSEEK_R1 = (
     "{{- bos_token }}{%- for m in messages %}{%- if m.role == 'system' %}{{- m.content }}{%- endif %}{%- endfor %}"
     "{%- for m in messages %}"
     "{%- if m.role == 'user' %}{{- '<｜User｜>' + m.content }}"
-    "{%- elif m.role == 'assistant' %}{{- '<｜Assistant｜>' + m.content.split('</think>')[-1] + '<｜end▁of▁sentence｜>' }}"
+    "{%- elif m.role == 'assistant' %}"
+    "{{- '<｜Assistant｜>' + m.content.split('</think>')[-1] + '<｜end▁of▁sentence｜>' }}"
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<｜Assistant｜><think>\\n' }}{%- endif %}"
 )
@@ -84,7 +87,7 @@ def _qwen_core():
     return TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR).converted()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def qwen_tokenizer(style: str = "qwen2.5") -> PreTrainedTokenizerFast:
     """A Qwen tokenizer (real ids: "Hello world" → [9707, 1879]) with the `style` chat template (TEMPLATES).
     Shared per style (building one takes a second): do not modify it."""

@@ -90,7 +90,8 @@ def test_sft_and_rl_run_on_a_qwen3_thinking_model(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = [o for o in TINY if not o.startswith(("model.", "task."))] + [
-        "model.init=pretrained", f"model.path={folder}", "model.max_len=160", "task.name=file", f"task.options={{path: '{data}'}}",
+        "model.init=pretrained", f"model.path={folder}", "model.max_len=160", "task.name=file",
+        f"task.options={{path: '{data}'}}",
         "task.val_size=4", "task.test_size=4", "sft.traces=16", "sft.max_steps=2", "rl.steps=1",
         "rl.rewards=[{name: accuracy}, {name: format, weight: 0.5}]", "prompt.system=true"]
     out = tmp_path / "run"
