@@ -54,7 +54,7 @@ from .infra.stage import open_stage
 from .models import eos_ids
 from .prompts import chat_format
 from .rewards import build_reward
-from .rewards.combine import RewardState, score_rows
+from .rewards.combine import RewardState, score_rows, stop_if_failed
 from .rl import prompt_batch, prompt_seed
 from .rollout import SamplingParams
 from .sft import Encoded, batch_for_step, packing_supported, train_step
@@ -155,14 +155,15 @@ def sample_round(model, tokenizer, examples: list[Example], recipe: Recipe, seed
 
 
 def score_texts(reward_fn, examples: list[Example], texts: list[str | None], k: int, tokenizer, prefix: str = "",
-                state=None) -> list[float]:
+                state=None) -> tuple[list[float], Any]:
     """(N,) total reward of each completion (rows i*k.. belong to examples[i]), rewards called as the RL loop
-    calls them (coldstart.rewards.reward_inputs); -inf where the text is None or no reward part applies."""
+    calls them (coldstart.rewards.reward_inputs), -inf where the text is None or no reward part applies; and
+    the RewardResult."""
     rows = [ex for ex in examples for _ in range(k)]
     filled = [t or "" for t in texts]
     ids = tokenizer(filled, add_special_tokens=False).input_ids
-    total = score_rows(reward_fn, rows, filled, completion_ids=ids, trainer_state=state, prefix=prefix).total
-    return [s if t is not None and not math.isnan(s) else -math.inf for s, t in zip(total, texts)]
+    result = score_rows(reward_fn, rows, filled, completion_ids=ids, trainer_state=state, prefix=prefix)
+    return [s if t is not None and not math.isnan(s) else -math.inf for s, t in zip(result.total, texts)], result
 
 
 
@@ -192,7 +193,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     run.stages, else the base model); return that folder. A step is a round."""
     cfg, run, dist = recipe.rsft, recipe.run, current()
     st = open_stage(recipe, out, "rsft", cfg.init, resume)
-    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders)
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders,
+                             stop_on_failure=False)
     pool = st.task.examples("train", recipe.task.train_size, run.seed)
     val = st.task.examples("val", recipe.task.val_size, run.seed)
     pack = cfg.pack and packing_supported(st.model, st.device)
@@ -236,13 +238,14 @@ def _round(st, trained, books: StageRun, reward_fn, pool, val, recipe: Recipe, p
     counters["cursor"] += B
     part = dist.split(B)  # this rank's prompts of the round
     t0 = time.perf_counter()
-    sel, hinted = Selection([], 0, 0, 0), 0
+    sel, hinted, result = Selection([], 0, 0, 0), 0, None
     if part.stop > part.start:
         texts, hinted = sample_round(model, tokenizer, examples[part], recipe, seeds[part])
         prefix = chat_format(tokenizer, recipe.prompt).prefix
-        scores = score_texts(reward_fn, examples[part], texts, k, tokenizer, prefix,
+        scores, result = score_texts(reward_fn, examples[part], texts, k, tokenizer, prefix,
                              RewardState(global_step=r - 1, max_steps=cfg.rounds, stage="rsft"))
         sel = select_completions(texts, scores, k, cfg.keep_per_prompt, cfg.min_reward)
+    stop_if_failed(result, dist)  # on every rank alike (the reward was built with stop_on_failure=False)
     parts = dist.gather_objects((part.start, sel, hinted))
     sel, hinted = merge_selections([(start, s) for start, s, _ in parts]), sum(h for _, _, h in parts)
     t1 = time.perf_counter()

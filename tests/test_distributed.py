@@ -99,3 +99,16 @@ def test_gae_is_refused_on_two_processes_since_it_whitens_over_the_whole_batch(t
     assert proc.returncode != 0
     assert "rl.advantage=gae normalises over the whole batch" in proc.stderr + proc.stdout
     assert not (tmp_path / "gae" / "rl" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_reward_failing_on_one_rank_stops_both(tmp_path, tiny_overrides):
+    """The stop for a reward that fails on every item is collective: the healthy rank does not hang."""
+    accelerate = shutil.which("accelerate") or pytest.fail("accelerate's launcher is not on PATH")
+    cmd = [accelerate, "launch", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_processes", "2", "--num_machines", "1", "--main_process_port", "29541", "-m", "coldstart", "rl",
+           RECIPE, "--out", str(tmp_path), *tiny_overrides, "rl.init=model", "rl.filter=none",
+           "rl.rewards=[{name: task}, {name: 'tests.fixtures.rewards:fails_on_rank0'}]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "fails_on_rank0' failed on every one of the 8 completions" in " ".join(proc.stderr.split())

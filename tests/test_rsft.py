@@ -56,7 +56,7 @@ def test_score_texts_uses_the_recipe_rewards_and_fails_missing_completions(tiny_
     ex = [Example("12+30", "42", "2+0=2 c0 2\n1+3=4 42", {"op": "+"})]
     texts = ["<think>x</think><answer>42</answer>", "<answer>42</answer>", "<think>x</think><answer>41</answer>",
              None]
-    scores = score_texts(reward, ex, texts, 4, build_char_tokenizer())
+    scores, _ = score_texts(reward, ex, texts, 4, build_char_tokenizer())
     assert scores[:3] == [1.5, 1.0, 0.5] and scores[3] == -math.inf
 
 

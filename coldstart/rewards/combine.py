@@ -77,6 +77,7 @@ class RewardResult:
     failed:         name -> number of items that part failed on
     extra_metrics:  name -> mean of the values a reward function gave `log_metric(name, value)`
     extra_columns:  column -> values a reward function gave `log_extra(column, values)` (one per item)
+    all_failed:     name -> why, for parts that failed on every item (not counting the data's errors)
     """
 
     total: list[float]
@@ -86,6 +87,7 @@ class RewardResult:
     failed: dict[str, int] = field(default_factory=dict)
     extra_metrics: dict[str, float] = field(default_factory=dict)
     extra_columns: dict[str, list] = field(default_factory=dict)
+    all_failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def unscorable(self) -> int:
@@ -184,27 +186,46 @@ class CombinedReward:
             outputs.update(zip([p.name for p in waiting], _await_all([_start(p, kwargs) for p in waiting])))
         parts = {p.name: _check(p, outputs[p.name], kwargs, batch) for p in self.parts}
         total = [_weighted(self.parts, parts, i) for i in range(n)]
-        self._report(batch)
-        return RewardResult(total, parts, len(batch.failures), batch.failures[: self.max_messages], batch.failed,
-                            {k: sum(v) / len(v) for k, v in batch.metrics.items()}, batch.columns)
+        result = RewardResult(total, parts, len(batch.failures), batch.failures[: self.max_messages], batch.failed,
+                              {k: sum(v) / len(v) for k, v in batch.metrics.items()}, batch.columns,
+                              self._report(batch))
+        if self.stop_on_failure:
+            stop_if_failed(result, None)
+        return result
 
-    def _report(self, batch: _Batch) -> None:
-        """Log the failures; a part failing on more than half the batch is an error, on all of it fatal."""
+    def _report(self, batch: _Batch) -> dict[str, str]:
+        """Log the failures (a part failing on more than half the batch is an error); returns the parts that
+        failed on every item, each with its first failure."""
+        all_failed = {}
         for message in batch.failures[: self.max_messages]:
             log.warning("reward failed, scored 0: %s", message)
         if len(batch.failures) > self.max_messages:
             log.warning("... and %d more reward failures in this batch", len(batch.failures) - self.max_messages)
         for name, k in batch.failed.items():
             first = next(m for m in batch.failures if m.startswith(f"{name}["))
-            if self.stop_on_failure and batch.fatal.get(name, 0) == batch.n:
-                raise RewardFailure(
-                    f"reward {name!r} failed on every one of the {batch.n} completions of this batch, e.g. "
-                    f"{first}. It is called as TRL's GRPOTrainer calls it: fn(prompts=..., completions=..., "
-                    "completion_ids=..., trainer_state=..., **columns) with every data column under its own "
-                    "name; check its signature and the columns it reads (coldstart inspect shows them)")
+            if batch.fatal.get(name, 0) == batch.n:
+                all_failed[name] = f"failed on every one of the {batch.n} completions of this batch, e.g. {first}"
             if k > batch.n / 2:
                 log.error("reward %r failed on %d of %d completions (scored 0 there), e.g. %s", name, k, batch.n,
                           first)
+        return all_failed
+
+
+def stop_if_failed(result: Any, dist: Any = None) -> None:
+    """Raise RewardFailure when a reward part failed on every item of the batch, on this process or (with
+    `dist`, a collective every rank must call) on any other: training on zeros teaches nothing."""
+    failed = getattr(result, "all_failed", None) or {}
+    if dist is not None and dist.max(float(bool(failed))) == 0:
+        return
+    if failed:
+        name, why = next(iter(failed.items()))
+        raise RewardFailure(
+            f"reward {name!r} {why}. It is called as TRL's GRPOTrainer calls it: fn(prompts=..., completions=..., "
+            "completion_ids=..., trainer_state=..., **columns) with every data column under its own name; check "
+            "its signature and the columns it reads (coldstart inspect shows them)")
+    if dist is not None:
+        raise RewardFailure("a reward failed on every completion of its batch on another process: see that "
+                            "process's log")
 
 
 def _nanmean(xs: list[float]) -> float | None:

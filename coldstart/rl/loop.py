@@ -125,7 +125,8 @@ def build_run(recipe: Recipe, policy, tokenizer, task, opt, ref=None, value_head
     cfg = recipe.rl
     algos = algos or checked_algorithms(cfg)
     sampler = sampler or build_sampler(cfg.sampler, tokenizer)
-    reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task, search=recipe.folders)
+    reward_fn = reward_fn or build_reward([s.model_dump() for s in cfg.rewards], task=task, search=recipe.folders,
+                             stop_on_failure=False)
     prompt_ids = lambda exs: encode_prompts(tokenizer, exs, recipe.prompt)  # noqa: E731
     source = build_source(recipe, sampler, tokenizer, prompt_ids, reward_fn, build_multiturn(recipe, task, sampler,
                                                                                             tokenizer))
@@ -266,7 +267,8 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     trainable = list(st.model.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
     opt = build_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = build_scheduler(opt, cfg.schedule, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders)
+    reward_fn = build_reward([s.model_dump() for s in cfg.rewards], task=st.task, search=recipe.folders,
+                             stop_on_failure=False)
     sampler = build_sampler(cfg.sampler, st.tokenizer)
     pool = st.task.examples("train", recipe.task.train_size, run_cfg.seed)
     val = st.task.examples("val", recipe.task.val_size, run_cfg.seed)

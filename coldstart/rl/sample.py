@@ -23,7 +23,7 @@ from ..infra.distributed import current
 from ..infra.runtime import Timer
 from ..multiturn import Turns
 from ..prompts import chat_format
-from ..rewards.combine import RewardState, score_rows
+from ..rewards.combine import RewardState, score_rows, stop_if_failed
 from ..rollout import SamplingParams
 from ..rollout_utils import cat_rollouts, select_rows
 from ..types import Example, Rollouts
@@ -201,6 +201,7 @@ def sample_step(policy, source: RolloutSource, group_filter, pool: list[Example]
         times["tokens"] = times.get("tokens", 0) + int(drawn.rollouts.lengths.sum())
         with Timer(times, "time/reward_s"):
             scores, result = source.score(examples, drawn, reward_state(state, st, len(pool), dist.rank))
+        stop_if_failed(result, dist)  # on every rank alike (the reward was built with stop_on_failure=False)
         if st.record_curriculum:  # every rank's per-prompt rewards, for retrospective sampling (curriculum.py)
             for prompts, sc in dist.gather_objects(([e.key for e in examples], scores.cpu())):
                 record_rewards(state.curriculum["rewards"], prompts, sc, G)
