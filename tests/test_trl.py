@@ -250,3 +250,15 @@ def test_coldstart_run_with_trl_data_and_rewards_unchanged(tmp_path):
     assert calls[0]["completion"][0]["role"] == "assistant" and all(isinstance(t, int) for t in calls[0]["ids"])
     assert [c["step"] for c in calls] == [0, 1, 2] and calls[0]["max_steps"] == 3
     assert calls[0]["solution"].isdigit() and {"level", "log_extra", "log_metric", "example"} <= set(calls[0]["keys"])
+
+
+def test_sys_exit_in_a_reward_is_a_failure_not_an_exit():
+    import sys as _sys
+
+    def exits(completions, **kwargs):
+        _sys.exit(0)
+
+    reward = CombinedReward([RewardPart("exits", 1.0, exits)], stop_on_failure=False)
+    result = reward(["q"] * 2, ["a"] * 2)
+    assert result.failed == {"exits": 2} and "SystemExit(0)" in result.error_messages[0]
+    assert "exits" in result.all_failed

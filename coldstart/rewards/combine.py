@@ -267,8 +267,8 @@ def _loop() -> asyncio.AbstractEventLoop:
 async def _capture(coro) -> Any:
     try:
         return await coro
-    except Exception as e:  # noqa: BLE001 - handled by _check like a sync failure
-        return e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - handled by _check like a sync failure
+        return _as_error(e)
 
 
 def _await_all(coros: list) -> list:
@@ -284,8 +284,8 @@ def _start(part: RewardPart, kwargs: dict) -> Any:
     """The coroutine of an async part's call (or its exception, if making it raised)."""
     try:
         return part.fn(**kwargs)
-    except Exception as e:  # noqa: BLE001
-        return _raise(e)
+    except (Exception, SystemExit) as e:  # noqa: BLE001
+        return _raise(_as_error(e))
 
 
 async def _raise(e: Exception):
@@ -297,8 +297,13 @@ def _call(part: RewardPart, kwargs: dict) -> Any:
     try:
         out = part.fn(**kwargs)
         return _await_all([out])[0] if inspect.isawaitable(out) else out
-    except Exception as e:  # noqa: BLE001 - any failure of user code is retried item by item
-        return e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any failure of user code is retried item by item
+        return _as_error(e)
+
+
+def _as_error(e: BaseException) -> Exception:
+    """A reward's exception as an Exception: a SystemExit (sys.exit() in reward code) is a failure, not an exit."""
+    return e if isinstance(e, Exception) else RuntimeError(f"SystemExit({e.code!r}) raised in the reward function")
 
 
 def _check(part: RewardPart, out: Any, kwargs: dict, batch: _Batch) -> list[float]:
