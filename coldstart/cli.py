@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         run_stages(recipe, out, stages, args.resume)
         return 0
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        console.print(f"error: {e}", style="red")
         return 2
     except (FloatingPointError, RewardFailure) as e:  # training cannot go on
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"error: {e}", style="red")
         return 3
     finally:
         _close_process_group()

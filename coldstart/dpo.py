@@ -113,19 +113,29 @@ def build_pairs(model, tokenizer, task, pool: list[Example], recipe: Recipe, lim
                             eos_ids=eos_ids(tokenizer, model))
     per_chunk = max(1, recipe.eval.batch_size // cfg.samples) * dist.world  # prompts per sampling call × ranks
     pairs: list[Pair] = []
-    for i in range(0, len(pool), per_chunk):
-        chunk = pool[i : i + per_chunk]
-        part = dist.split(len(chunk))
-        mine: list[Pair] = []
-        if part.stop > part.start:
-            seeds = [prompt_seed(recipe.run.seed + 17, i + j) for j in range(part.start, part.stop)]
-            ro = sampler.sample(model, encode_prompts(tokenizer, chunk[part], recipe.prompt), params, seeds=seeds)
-            mine = pairs_from_samples(chunk[part], ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
-                                      chat_format(tokenizer, recipe.prompt).target)
-        pairs += dist.gather_lists(mine)  # prompt order, as one process finds them: pairs[:limit] is the same
-        if limit is not None and len(pairs) >= limit:
-            break
+    with progress(recipe.run.quiet or not dist.is_main) as bar:
+        bar_id = bar.add_task("dpo pairs", total=len(pool), info=f"{cfg.samples} samples per prompt")
+        for i in range(0, len(pool), per_chunk):
+            pairs += _chunk_pairs(model, tokenizer, sampler, task, pool[i : i + per_chunk], i, params, recipe)
+            bar.update(bar_id, completed=min(len(pool), i + per_chunk), info=f"{len(pairs)} pairs")
+            if limit is not None and len(pairs) >= limit:
+                break
     return pairs[:limit]
+
+
+def _chunk_pairs(model, tokenizer, sampler, task, chunk: list[Example], i: int, params, recipe: Recipe
+                 ) -> list[Pair]:
+    """The pairs of one chunk of prompts (starting at pool index i), every rank's share gathered in prompt
+    order, as one process finds them (so pairs[:limit] is the same)."""
+    cfg, dist = recipe.dpo, current()
+    part = dist.split(len(chunk))
+    mine: list[Pair] = []
+    if part.stop > part.start:
+        seeds = [prompt_seed(recipe.run.seed + 17, i + j) for j in range(part.start, part.stop)]
+        ro = sampler.sample(model, encode_prompts(tokenizer, chunk[part], recipe.prompt), params, seeds=seeds)
+        mine = pairs_from_samples(chunk[part], ro.texts, cfg.samples, task.verify, cfg.pairs == "task",
+                                  chat_format(tokenizer, recipe.prompt).target)
+    return dist.gather_lists(mine)
 
 
 def encode_pairs(tokenizer, pairs: list[Pair], prompt: PromptConfig) -> list[tuple[list[int], ...]]:

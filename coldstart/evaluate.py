@@ -9,6 +9,7 @@ test examples and writes `DIR/eval.json` as `{"<stage>": {"accuracy": ..., "pass
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,10 @@ def encode_prompts(tokenizer, examples: list[Example], prompt: PromptConfig) -> 
 
 def sample_texts(model, tokenizer, prompts: list[list[int]], params: SamplingParams, batch_size: int,
                  sampler: str = "torch", generator: torch.Generator | None = None,
-                 seeds: list[int] | None = None) -> tuple[list[str], list[int]]:
+                 seeds: list[int] | None = None, on_chunk=None) -> tuple[list[str], list[int]]:
     """Completions for every prompt (params.n each, prompt-major) in chunks of about `batch_size` rows;
-    returns texts and lengths in tokens. `seeds` (one per prompt) seed each prompt's samples on their own."""
+    returns texts and lengths in tokens. `seeds` (one per prompt) seed each prompt's samples on their own;
+    `on_chunk(prompts_done)` is called after each chunk (a progress bar)."""
     smp = build_sampler(sampler, tokenizer)
     per_chunk = max(1, batch_size // params.n)
     texts, lengths = [], []
@@ -46,26 +48,31 @@ def sample_texts(model, tokenizer, prompts: list[list[int]], params: SamplingPar
                         None if seeds is None else seeds[i : i + per_chunk])
         texts += ro.texts
         lengths += ro.lengths.tolist()
+        if on_chunk is not None:
+            on_chunk(len(prompts[i : i + per_chunk]))
     return texts, lengths
 
 
 def evaluate_greedy(model, tokenizer, task: Task, examples: list[Example], prompt: PromptConfig,
-                    max_new_tokens: int, batch_size: int) -> dict[str, float]:
+                    max_new_tokens: int, batch_size: int, on_chunk=None) -> dict[str, float]:
     """Greedy accuracy and mean completion length on `examples`."""
     if not examples:
         raise ValueError("evaluation: no held-out examples (task.test_size is 0, or the data's test split is "
                          "empty: raise task.options.test_frac or give task.options.test_path)")
     params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=eos_ids(tokenizer, model))
-    texts, lengths = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params, batch_size)
+    texts, lengths = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params, batch_size,
+                                  on_chunk=on_chunk)
     scores = [task.verify(ex, t) for ex, t in zip(examples, texts)]
     return {"accuracy": sum(s >= 1.0 for s in scores) / len(scores),
             "length/mean": sum(lengths) / len(lengths), "completions": texts}
 
 
 def evaluate(model, tokenizer, task: Task, examples: list[Example], prompt: PromptConfig, cfg: EvalConfig,
-             seed: int = 0) -> dict[str, Any]:
-    """Greedy accuracy plus, with cfg.samples = k > 0, pass@1..k, maj@k and mean@k from k samples per prompt."""
-    greedy = evaluate_greedy(model, tokenizer, task, examples, prompt, cfg.max_new_tokens, cfg.batch_size)
+             seed: int = 0, on_chunk=None) -> dict[str, Any]:
+    """Greedy accuracy plus, with cfg.samples = k > 0, pass@1..k, maj@k and mean@k from k samples per prompt.
+    `on_chunk(prompts_done)` after each sampled chunk: len(examples) prompts greedy, as many again with k > 0."""
+    greedy = evaluate_greedy(model, tokenizer, task, examples, prompt, cfg.max_new_tokens, cfg.batch_size,
+                             on_chunk)
     texts = greedy.pop("completions")
     result: dict[str, Any] = {"n": len(examples), **greedy,
                               "reflections/mean": sum(map(count_reflections, texts)) / len(texts),
@@ -77,7 +84,7 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], prompt: Prom
                                 eos_ids=eos_ids(tokenizer, model))
         gen = torch.Generator().manual_seed(seed)
         samples, _ = sample_texts(model, tokenizer, encode_prompts(tokenizer, examples, prompt), params,
-                                  cfg.batch_size, generator=gen)
+                                  cfg.batch_size, generator=gen, on_chunk=on_chunk)
         pass_k = {j: 0.0 for j in sorted({1, k})}
         maj = mean = 0.0
         for i, ex in enumerate(examples):
@@ -115,7 +122,7 @@ def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dic
     Under several processes each evaluates its share of the split (every world-th problem) and rank 0
     writes the merged result (greedy metrics equal the single-process ones; sampled ones use other noise)."""
     from .infra.distributed import current
-    from .infra.runtime import console, setup
+    from .infra.runtime import console, log_eval, progress, setup
     from .infra.stage import base_model, build_task_from
 
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
@@ -132,11 +139,14 @@ def run_eval(recipe: Recipe, out: Path, stages: tuple[str, ...] = STAGES) -> dic
         tokenizer = load_tokenizer(folder, recipe.model.chat_template)
         dist = current()
         mine = test[dist.rank :: dist.world]
-        result = (evaluate(model, tokenizer, task, mine, recipe.prompt, recipe.eval, recipe.run.seed) if mine
-                  else {"n": 0})
+        with progress(recipe.run.quiet or not dist.is_main) as bar:
+            bar_id = bar.add_task(f"eval {name}", total=len(mine) * (2 if recipe.eval.samples > 0 else 1), info="")
+            result = (evaluate(model, tokenizer, task, mine, recipe.prompt, recipe.eval, recipe.run.seed,
+                               functools.partial(bar.advance, bar_id)) if mine else {"n": 0})
         results[name] = merge_eval(dist.gather_objects((result, len(mine))))
         console.print(f"eval {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()
                                                       if isinstance(v, float)))
     if current().is_main:
         path.write_text(json.dumps(results, indent=1))
+        log_eval(recipe, out, results)
     return results

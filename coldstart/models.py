@@ -9,6 +9,7 @@ Both save as plain Hugging Face folders that `AutoTokenizer` / `AutoModelForCaus
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -131,7 +132,10 @@ def read_chat_template(value: str) -> str:
 def load_tokenizer(path: str | Path, chat_template: str | None = None) -> PreTrainedTokenizerFast:
     """Load a tokenizer from a folder or hub id; left padding, and a pad token (eos if none).
     `chat_template` (model.chat_template: a file or the text) replaces the tokenizer's own template."""
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except OSError as e:
+        raise ValueError(not_loadable(path, "tokenizer", e)) from None
     if chat_template is not None:
         tok.chat_template = read_chat_template(chat_template)
     if tok.pad_token is None:
@@ -148,8 +152,25 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     """
     if dtype not in DTYPES:
         raise ValueError(f"run.dtype: unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype], use_safetensors=True)
+    except OSError as e:
+        raise ValueError(not_loadable(path, "model", e)) from None
     return model.to(device)
+
+
+def not_loadable(path: str | Path, what: str, e: OSError) -> str:
+    """One line on why a model folder or hub id could not be loaded, and how to point at a local folder."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        return f"model.path: cannot load the {what} from the folder {p}: {str(e).splitlines()[0]}"
+    if str(path).startswith(("/", ".", "~")) or str(path).count("/") > 1:
+        return f"model.path: {path} is not a folder (a Hugging Face model folder: config.json, weights, tokenizer)"
+    offline = "not in the local cache and there is no network" if "connect" in str(e) or os.environ.get(
+        "HF_HUB_OFFLINE") == "1" else str(e).splitlines()[0]
+    return (f"model.path: the hub id {path!r} could not be loaded ({offline}); point model.path at a local "
+            f"folder holding config.json, the weights and the tokenizer, or download it once where there is a "
+            f"network (huggingface-cli download {path}) and run with HF_HUB_OFFLINE=1")
 
 
 def compile_blocks(model: torch.nn.Module) -> int:

@@ -257,7 +257,8 @@ def _round(st, trained, books: StageRun, reward_fn, pool, val, recipe: Recipe, p
     loss, steps = train_round(trained, books.optimizer, seqs, cfg.epochs, cfg.batch_size, cfg.grad_clip, pack,
                               tokenizer.pad_token_id, seed * 1009 + r, st.device, books.skip_step)
     if not seqs:
-        console.print(f"[yellow]rsft: round {r} kept no completion (none scored ≥ {cfg.min_reward}); no update")
+        console.print(f"rsft: round {r} kept no completion (none scored ≥ {cfg.min_reward}); no update",
+                      style="yellow")
     t2 = time.perf_counter()
     acc = evaluate_greedy(model, tokenizer, task, val, recipe.prompt, cfg.max_new_tokens,
                           recipe.eval.batch_size)["accuracy"] if val else None

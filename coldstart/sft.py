@@ -239,7 +239,7 @@ def train(recipe: Recipe, out: Path, resume: bool = False) -> Path:
     data = _data(recipe, st)
     pack = cfg.pack and packing_supported(model, device)
     if cfg.pack and not pack:
-        console.print("[yellow]sft: this model ignores packed position ids; using padded batches")
+        console.print("sft: this model ignores packed position ids; using padded batches", style="yellow")
     per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     opt = build_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)

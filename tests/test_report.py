@@ -164,3 +164,43 @@ def test_stage_folders_are_found_in_pipeline_order_also_inside_demo_arms(tmp_pat
         (tmp_path / folder / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n')
     assert list(load_metrics(tmp_path)) == ["sft", "rl", "rl_only/rl", "sft_rl/sft", "sft_rl/rl"]
     assert 'alt="reward"' in build_report(tmp_path).read_text()
+
+
+def test_eval_results_reach_the_sinks(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "eval" / "tb"))
+    acc.Reload()
+    results = json.loads((run_dir / "eval.json").read_text())
+    for stage in ("base", "sft", "rl"):
+        assert acc.Scalars(f"eval/{stage}/accuracy")[0].value == pytest.approx(results[stage]["accuracy"])
+
+
+def test_plain_progress_lines_when_output_is_not_a_terminal(tmp_path, capsys):
+    """Redirected to a file, a stage prints a line now and then instead of a bar that shows nothing."""
+    from coldstart.infra.runtime import LineProgress
+
+    assert isinstance(progress(quiet=False), LineProgress)  # pytest's stderr is not a terminal
+    assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path), *[o for o in TINY if o != "run.quiet=true"],
+                 "sft.max_steps=20"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("sft ")]
+    steps = [int(ln.split()[1].split("/")[0]) for ln in lines]
+    assert steps[0] == 1 and steps[-1] == 20 and 3 <= len(steps) <= 12, lines
+    assert all("/20 · loss " in ln and ln.endswith(" s") for ln in lines)
+
+
+def test_messages_keep_bracketed_text(capsys):
+    from coldstart.infra.runtime import console
+
+    console.print("error: pip install coldstart[wandb] and set rl.stages=[sft, rl]")
+    assert "coldstart[wandb] and set rl.stages=[sft, rl]" in capsys.readouterr().err
+
+
+def test_a_hub_id_without_network_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path / "run"), "model.init=pretrained",
+                 "model.path=Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1].startswith("error: model.path: the hub id 'Qwen/Qwen2.5-0.5B-Instruct' could not be loaded")
+    assert "local folder" in err[-1] and not any("Traceback" in ln for ln in err)

@@ -7,6 +7,7 @@ import atexit
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from rich.progress import (
 
 from .checkpoint import checkpoint_path, save_checkpoint
 
-console = Console(stderr=True)
+# Markup off: messages carry user text (paths, keys, "pip install coldstart[wandb]") that rich would eat as
+# markup; colour goes through style= instead.
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)  # soft_wrap: a message is one line
 
 
 def setup(seed: int, threads: int | None, device: str) -> torch.device:
@@ -118,8 +121,9 @@ class NonFinite:
             return False
         self.state["nonfinite_run"] += 1
         self.state["nonfinite_total"] += 1
-        console.print(f"[yellow]{self.stage}: step {step}: non-finite loss or gradient; step skipped "
-                      f"({self.state['nonfinite_run']} in a row, {self.state['nonfinite_total']} in all)")
+        console.print(f"{self.stage}: step {step}: non-finite loss or gradient; step skipped "
+                      f"({self.state['nonfinite_run']} in a row, {self.state['nonfinite_total']} in all)",
+                      style="yellow")
         if self.state["nonfinite_run"] >= self.limit:
             raise FloatingPointError(
                 f"{self.stage}: {self.limit} steps in a row had a NaN or inf loss or gradient (last at step "
@@ -241,6 +245,22 @@ class WandbSink:
 SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink}
 
 
+def log_eval(recipe: Any, out: Path, results: dict[str, dict[str, Any]]) -> None:
+    """The eval stage's results into the sinks of `run.log_to`, as one row at step 0 under `out/eval/`
+    (TensorBoard: `out/eval/tb`; W&B: run `<run folder>/eval`), keyed `eval/<stage>/<metric>`."""
+    names = list(dict.fromkeys(recipe.run.log_to or []))
+    if not names:
+        return
+    folder = Path(out) / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    row = {"step": 0, **{f"eval/{stage}/{k}": v for stage, r in results.items() for k, v in r.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    for name in names:
+        sink = SINKS[name](folder)
+        sink.write(row)
+        sink.close()
+
+
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
@@ -248,8 +268,11 @@ def _step_of(line: str) -> int:
         return 1 << 62  # unreadable line (a kill mid-write): dropped
 
 
-def progress(quiet: bool) -> Progress:
-    """A rich progress bar on stderr with elapsed time and ETA (disabled when quiet)."""
+def progress(quiet: bool, every_s: float = 30.0) -> Progress | LineProgress:
+    """A rich progress bar on stderr with elapsed time and ETA; when stderr is not a terminal (a log file, CI),
+    plain lines instead (LineProgress); nothing when quiet."""
+    if not quiet and not console.is_terminal:
+        return LineProgress(every_s)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -257,11 +280,55 @@ def progress(quiet: bool) -> Progress:
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         console=console,
         disable=quiet,
         transient=False,
     )
+
+
+class LineProgress:
+    """Progress as plain lines for output that is not a terminal: `sft 40/300 · loss 1.234 · 12 s`, on the
+    first and last update and whenever a tenth of the total or `every_s` seconds have passed since the last
+    line. The same calls as rich's Progress (add_task, update, advance; a context manager)."""
+
+    def __init__(self, every_s: float = 30.0, out: Any = None):
+        self.every_s, self.out = every_s, out
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": completed,
+                                       "start": time.perf_counter(), "shown_at": None, "shown_t": 0.0,
+                                       "info": fields.get("info", "")}
+        return len(self.tasks) - 1
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def update(self, task_id: int, completed: float | None = None, advance: float | None = None,
+               info: str | None = None, **_: Any) -> None:
+        t = self.tasks[task_id]
+        if completed is not None:
+            t["completed"] = completed
+        if advance is not None:
+            t["completed"] += advance
+        if info is not None:
+            t["info"] = info
+        now, total, done = time.perf_counter(), t["total"], t["completed"]
+        tenth = (total or 0) / 10
+        due = (t["shown_at"] is None or done == total or now - t["shown_t"] >= self.every_s
+               or (tenth and done - t["shown_at"] >= tenth))
+        if due and done != t["shown_at"]:
+            t["shown_at"], t["shown_t"] = done, now
+            parts = [f"{t['description']} {done:g}" + (f"/{total:g}" if total else ""), t["info"],
+                     f"{now - t['start']:.0f} s"]
+            print(" · ".join(p for p in parts if p), file=self.out or sys.stderr, flush=True)
 
 
 class Timer:

@@ -101,7 +101,8 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     if recipe.run.compile:
         blocks = compile_blocks(model)
         console.print(f"{name}: torch.compile on {blocks} decoder blocks" if blocks else
-                      f"[yellow]{name}: run.compile found no decoder blocks to compile; training runs eagerly")
+                      f"{name}: run.compile found no decoder blocks to compile; training runs eagerly",
+                      style=None if blocks else "yellow")
     return Stage(stage, device, task, start, ckpt, tokenizer, model.train())
 
 

@@ -239,9 +239,9 @@ def warn_flat(row: dict, state: TrainerState) -> None:
                    "(scored 0): fix it first (see the warnings above, or coldstart inspect)" if failing
                    else "the policy almost never succeeds: start RL from an SFT cold start (or an easier task)"
                    if row["reward/mean"] < 0.5 else "the prompts are too easy for this policy: use harder ones")
-            console.print(f"[yellow]rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
+            console.print(f"rl: step {row['step']}: {row['groups/zero_std_frac']:.0%} of groups have "
                           f"reward std 0 (every sample scored the same), so they carry no learning signal; "
-                          f"{why}. (`rl.filter: dynamic` resamples such groups.)")
+                          f"{why}. (`rl.filter: dynamic` resamples such groups.)", style="yellow")
 
 
 def _models(recipe: Recipe, policy, start, device, estimator):

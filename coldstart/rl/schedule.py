@@ -18,7 +18,8 @@ from ..algorithms import pass_rate_window
 from ..config import Recipe
 from ..curriculum import curriculum_pool
 from ..evaluate import encode_prompts, sample_texts
-from ..infra.runtime import console
+from ..infra.distributed import current
+from ..infra.runtime import console, progress
 from ..models import eos_ids
 from ..rollout import SamplingParams
 from ..temperature import pick_temperature
@@ -34,8 +35,11 @@ def prefilter_pool(policy, tokenizer, task, pool: list[Example], recipe: Recipe)
     probe = pool[: pf.max_prompts] if pf.max_prompts else pool
     params = SamplingParams(n=pf.k, max_new_tokens=recipe.rl.max_new_tokens, temperature=pf.temperature,
                             eos_ids=eos_ids(tokenizer, policy))
-    texts, _ = sample_texts(policy, tokenizer, encode_prompts(tokenizer, probe, recipe.prompt), params,
-                            recipe.eval.batch_size, generator=torch.Generator().manual_seed(recipe.run.seed + 7))
+    with progress(recipe.run.quiet or not current().is_main) as bar:
+        bar_id = bar.add_task("rl prefilter", total=len(probe), info=f"{pf.k} samples per prompt")
+        texts, _ = sample_texts(policy, tokenizer, encode_prompts(tokenizer, probe, recipe.prompt), params,
+                                recipe.eval.batch_size, generator=torch.Generator().manual_seed(recipe.run.seed + 7),
+                                on_chunk=lambda n: bar.advance(bar_id, n))
     rates = [sum(task.verify(ex, t) >= 1.0 for t in texts[i * pf.k : (i + 1) * pf.k]) / pf.k
              for i, ex in enumerate(probe)]
     kept = pass_rate_window(rates, pf.min_pass, pf.max_pass)

@@ -128,14 +128,15 @@ def run_doctor() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)  # not runtime's: importing runtime imports torch, which may be what is broken
+    # not runtime's console: importing runtime imports torch, which may be what is broken
+    console = Console(stderr=True, markup=False, highlight=False)
     env = environment()
     t = Table(title="coldstart doctor")
     t.add_column("")
     t.add_column("")
     t.add_row("python", f"{env['python']} ({sys.executable})")
     for name, v in env["versions"].items():
-        t.add_row(name, v or "[dim]not installed[/]")
+        t.add_row(name, v or "not installed")
     gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in env["gpus"]) or "-"
     t.add_row("device", f"{env['device']}  (torch CUDA build: {env['torch_cuda'] or 'none'}, "
                         f"nvidia-smi: {'yes' if env['nvidia_smi'] else 'no'})")
@@ -145,7 +146,7 @@ def run_doctor() -> int:
     console.print(t)
     issues = find_issues(env)
     for msg in issues:
-        console.print(f"[red]problem:[/] {msg}", highlight=False, markup=True)
+        console.print(f"problem: {msg}", style="red")
     if not issues:
-        console.print("[green]ok:[/] no known bad combination found")
+        console.print("ok: no known bad combination found", style="green")
     return 1 if issues else 0

@@ -290,7 +290,6 @@ def _verdict_groups(g: dict, start_is_base: bool, cfg, add) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     """The report as rich tables on stderr, then the verdict."""
-    from rich.markup import escape
     from rich.table import Table
 
     from ..infra.runtime import console
@@ -318,4 +317,4 @@ def print_report(report: dict[str, Any]) -> None:
                   f"{report['format']['samples_format_ok_frac']:.0%}")
     colour = {"error": "red", "warn": "yellow", "ok": "green"}
     for v in report["verdict"]:
-        console.print(f"[{colour[v['level']]}]{v['level']}:[/] {escape(v['message'])}", highlight=False)
+        console.print(f"{v['level']}: {v['message']}", style=colour[v["level"]])
