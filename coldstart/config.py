@@ -2,13 +2,17 @@
 
 A recipe has sections `run`, `model`, `task`, `prompt`, `sft`, `rl`, `eval` (and `dpo`, ...). Every section is strict:
 an unknown key or a value of the wrong type is an error that names the key, what was expected and the file.
-The resolved recipe is written as `config.yaml` into the run folder and every stage folder.
+An unknown key that is a TRL config name says which recipe key it is (`TRL_NAMES`); another one gets the
+closest key of its section, if any. The resolved recipe is written as `config.yaml` into the run folder and every
+stage folder.
 
     recipe = load_recipe("recipes/demo.yaml", ["rl.steps=20", "sft.traces=0.5"])
 """
 
 from __future__ import annotations
 
+import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -345,78 +349,123 @@ class Recipe(Section):
         return self
 
 
-class ConfigError(ValueError):
-    """A recipe that does not validate; the message names the file, the key and what was expected."""
-
-
-# TRL 1.16 GRPOConfig / SFTConfig / DPOConfig (and TrainingArguments) names -> (coldstart key, what differs).
-# An unknown recipe key with one of these names gets the hint; tests/test_config.py checks every target exists.
+# TRL 1.16 config name (GRPOConfig, SFTConfig, DPOConfig, TrainingArguments) → (the recipe keys that hold it,
+# comma-separated, "" when none; how they differ). An unknown recipe key with such a name points at its key;
+# tests/test_config.py checks that every key exists, README's "Coming from TRL" table is generated from it.
 TRL_NAMES: dict[str, tuple[str, str]] = {
-    "num_generations": ("rl.group_size", "completions per prompt; TRL's default 8, ours 8"),
-    "beta": ("rl.kl_coef", "dpo.beta in a DPO recipe; TRL's GRPO default 0.0, ours 0.0 (no reference model)"),
-    "epsilon": ("rl.eps_low", "the clip range below 1; TRL's 0.2, ours 0.2"),
-    "epsilon_high": ("rl.eps_high", "clip-higher is on by default here (0.28, DAPO); TRL's None means = epsilon"),
-    "delta": ("rl.dual_clip", "not the same bound: TRL's delta caps the ratio, our dual_clip is Ye et al.'s c"),
-    "max_completion_length": ("rl.max_new_tokens", "sft.max_new_tokens / eval.max_new_tokens for those stages"),
-    "num_iterations": ("rl.epochs", "update passes over each rollout batch (μ)"),
-    "mask_truncated_completions": ("rl.overlong_filter", "masks truncated completions out of the loss"),
-    "report_to": ("run.log_to", "a list of tensorboard / wandb"),
-    "learning_rate": ("rl.lr", "each stage has its own: sft.lr, rl.lr, dpo.lr, rsft.lr"),
-    "per_device_train_batch_size": ("rl.prompts_per_step", "TRL counts completions per device, we count prompts "
-                                    "per step (rl.prompts_per_step × rl.group_size completions); sft.batch_size "
-                                    "for SFT"),
-    "gradient_accumulation_steps": ("rl.micro_batch_size", "we set the step's batch and split it into micro "
-                                    "batches for memory instead"),
-    "max_steps": ("rl.steps", "sft.max_steps / dpo.max_steps for those stages"),
-    "num_train_epochs": ("sft.epochs", "dpo.epochs for DPO; RL runs rl.steps"),
-    "loss_type": ("rl.loss_agg", "TRL's loss_type is the aggregation: dapo / bnpo = token_mean, grpo = "
-                  "seq_mean_token_mean, dr_grpo = constant; our rl.advantage: dr_grpo is the estimator "
-                  "(no std scaling); DPO's is dpo.loss"),
-    "scale_rewards": ("rl.advantage", "group = grpo (scaled by the group's std), none = dr_grpo"),
-    "reward_weights": ("rl.rewards", "a weight on each entry: rewards: [{name: ..., weight: 0.5}]"),
-    "reward_funcs": ("rl.rewards", "entries {name: my_module:my_reward}; TRL reward functions run unchanged"),
-    "temperature": ("rl.temperature", "eval.temperature for evaluation"),
-    "top_p": ("rl.top_p", ""),
-    "top_k": ("rl.top_k", "0 disables, as in TRL"),
-    "seed": ("run.seed", ""),
-    "output_dir": ("run.out", "or --out DIR"),
-    "max_length": ("model.max_len", "prompt + completion tokens"),
-    "warmup_ratio": ("rl.warmup", "each stage has its own: sft.warmup, rl.warmup, dpo.warmup"),
-    "lr_scheduler_type": ("rl.schedule", "cosine / linear / constant; each stage has its own"),
-    "max_grad_norm": ("rl.grad_clip", "each stage has its own"),
-    "weight_decay": ("rl.weight_decay", "each stage has its own"),
-    "save_steps": ("rl.save_every", "each stage has its own"),
-    "eval_steps": ("rl.eval_every", "each stage has its own"),
-    "chat_template_kwargs": ("prompt.chat_template_kwargs", "e.g. {enable_thinking: false}"),
-    "chat_template_path": ("model.chat_template", "a file or the template text"),
-    "completion_only_loss": ("sft.traces", "SFT always trains on the completion tokens only"),
-    "use_vllm": ("rl.sampler", "vLLM rollouts are not built yet (issue 17): rl.sampler is torch or hf"),
-    "bf16": ("run.dtype", "bfloat16 / float32"),
-    "gradient_checkpointing": ("run.compile", "no activation checkpointing yet; run.compile compiles the blocks"),
-    "entropy_coef": ("rl.entropy_coef", ""),
-    "top_entropy_quantile": ("rl.pad", "no direct equivalent; rl.filter: pad selects tokens by |advantage|"),
+    # GRPOConfig
+    "num_generations": ("rl.group_size", "G completions per prompt, 8 in both; TRL's batch sizes count "
+                        "completions, rl.prompts_per_step counts prompts"),
+    "beta": ("rl.kl_coef, dpo.beta", "GRPO: the KL coefficient, 0.0 in TRL and here, so no reference model "
+             "is loaded; DPO: the log-ratio scale, 0.1 in both"),
+    "epsilon": ("rl.eps_low", "lower PPO clip range, 0.2 in both; TRL's also sets the upper one unless "
+                "epsilon_high is given, ours does not (rl.eps_high is 0.28)"),
+    "epsilon_high": ("rl.eps_high", "TRL's None means epsilon (a symmetric 0.2 clip); ours defaults to 0.28 "
+                     "(DAPO clip-higher): rl.eps_high=0.2 for TRL's clip"),
+    "delta": ("rl.dual_clip", "both cap the ratio of negative-advantage tokens (INTELLECT-2, dual-clip PPO); "
+              "None: off in both"),
+    "max_completion_length": ("rl.max_new_tokens", "TRL 512, ours 128; rsft, dpo and eval have their own "
+                              "max_new_tokens"),
+    "num_iterations": ("rl.epochs", "μ, update passes over each rollout batch; 1 in both"),
+    "steps_per_generation": ("rl.minibatch_size", "TRL counts optimizer steps per rollout batch, ours rollouts "
+                             "per optimizer step (None: the whole batch, one step per epoch)"),
+    "mask_truncated_completions": ("rl.overlong_filter", "masks truncated completions out of the loss (DAPO); "
+                                   "off in both"),
+    "temperature": ("rl.temperature", "1.0 in both; rsft, dpo and eval have their own"),
+    "top_p": ("rl.top_p", "1.0 (off) in both"),
+    "top_k": ("rl.top_k", "0 (off) in both"),
+    "entropy_coef": ("rl.entropy_coef", "0.0 in both"),
+    "scale_rewards": ("rl.advantage", "group → grpo (divides by the group std; both defaults), none → dr_grpo; "
+                      "batch has no estimator here"),
+    "loss_type": ("rl.loss_agg, dpo.loss", "GRPO's loss_type is the token-loss aggregation: dapo → token_mean "
+                  "(both defaults), grpo → seq_mean_token_mean, dr_grpo → constant; cispo, sapo, luspo, vespo, "
+                  "bnpo have none. Our rl.advantage: dr_grpo is the estimator (TRL's scale_rewards: none). DPO's "
+                  "sigmoid is dpo.loss: dpo"),
+    "reward_weights": ("rl.rewards[].weight", "TRL lists the weights beside reward_funcs, ours sit in each "
+                       "reward of rl.rewards"),
+    "num_generations_eval": ("rl.eval_samples, eval.samples", "k samples per val / test prompt for pass@k; 0: "
+                             "greedy only"),
+    "chat_template_kwargs": ("prompt.chat_template_kwargs", "keyword arguments of the tokenizer's "
+                             "apply_chat_template, e.g. {enable_thinking: false}"),
+    "use_vllm": ("", "not yet, see issue 17; rl.sampler is torch or hf"),
+    # SFTConfig, DPOConfig
+    "max_length": ("model.max_len", "longest prompt + completion in tokens, for every stage; TRL 1024, ours 512"),
+    "packing": ("sft.pack, rsft.pack", "TRL False, ours True, and a batch is packed only when that costs less "
+                "than padding"),
+    "completion_only_loss": ("", "always: sft and rsft train on completion tokens only"),
+    # TrainingArguments
+    "learning_rate": ("sft.lr, rsft.lr, dpo.lr, rl.lr", "TRL: SFT 2e-5, DPO and GRPO 1e-6; ours: sft 1e-3, "
+                      "rsft 3e-4, dpo 1e-4, rl 3e-4"),
+    "per_device_train_batch_size": ("rl.prompts_per_step, sft.batch_size, rsft.batch_size, dpo.batch_size",
+                                    "TRL counts completions per device per micro-step; rl.prompts_per_step "
+                                    "counts prompts per RL step over all processes (× rl.group_size "
+                                    "completions); the others sequences or pairs per optimizer step"),
+    "gradient_accumulation_steps": ("rl.micro_batch_size", "no step count: a batch is split into micro-batches "
+                                    "of rl.micro_batch_size rollouts per forward/backward"),
+    "max_steps": ("rl.steps, sft.max_steps, dpo.max_steps", "rl.steps counts RL steps (each one batch of "
+                  "prompts_per_step × group_size rollouts); sft and dpo: overrides epochs when set"),
+    "num_train_epochs": ("sft.epochs, rsft.epochs, dpo.epochs", "passes over the data (rsft: each round's); "
+                         "rl.epochs is TRL's num_iterations"),
+    "warmup_ratio": ("sft.warmup, rl.warmup, dpo.warmup", "a fraction of the steps; rsft has no warmup"),
+    "warmup_steps": ("sft.warmup, rl.warmup, dpo.warmup", "ours is always a fraction of the steps, never a "
+                     "count"),
+    "lr_scheduler_type": ("sft.schedule, rl.schedule, dpo.schedule", "cosine | linear | constant, decaying to "
+                          "min_lr_ratio × lr (0.1), not 0; TRL linear, ours cosine (rl: constant); rsft is "
+                          "constant"),
+    "max_grad_norm": ("sft.grad_clip, rsft.grad_clip, dpo.grad_clip, rl.grad_clip", "1.0 in both"),
+    "weight_decay": ("sft.weight_decay, rsft.weight_decay, dpo.weight_decay, rl.weight_decay", "0.0 in both"),
+    "save_steps": ("sft.save_every, rl.save_every, dpo.save_every", "checkpoints for --resume; TRL 500, ours "
+                   "100 / 10 / 50"),
+    "eval_steps": ("sft.eval_every, rl.eval_every, dpo.eval_every", "0 disables (there is no eval_strategy); "
+                   "rsft evaluates every round"),
+    "per_device_eval_batch_size": ("eval.batch_size", "rollouts per sampling call of coldstart eval"),
+    "logging_steps": ("", "every optimizer step is a row of metrics.jsonl and of the run.log_to sinks"),
+    "seed": ("run.seed", "one seed for python, torch, the data order and the sampler; TRL 42, ours 0"),
+    "output_dir": ("run.out", "overridden by --out; each stage writes a folder of its own in it"),
+    "report_to": ("run.log_to", "a list of tensorboard | wandb; metrics.jsonl is always written"),
+    "bf16": ("run.dtype", "run.dtype: bfloat16 holds the weights themselves in bf16 (not mixed precision); "
+             "TRL's configs default to bf16, ours to float32"),
+    "gradient_checkpointing": ("", "not yet; TRL's configs turn it on by default"),
 }
 
 
-def _hint(loc: tuple) -> str:
-    """'; TRL's X is rl.y (...)' or '; did you mean rl.y?' for an unknown key at `loc`, else ''."""
-    import difflib
+def nested_section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The section model inside an annotation (`X`, `X | None`, `list[X]`), and whether it is a list item."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    for arg in args:
+        model, _ = nested_section(arg)
+        if model is not None:
+            return model, origin is list
+    return None, False
 
-    leaf = str(loc[-1])
+
+def _unknown_key_hint(loc: tuple) -> str:
+    """What the unknown key at `loc` may have meant: the recipe key of a TRL name, else a close key of its section."""
+    leaf, section = str(loc[-1]), ".".join(str(p) for p in loc[:-1])
     if leaf in TRL_NAMES:
-        target, note = TRL_NAMES[leaf]
-        return f"; TRL's {leaf} is {target}" + (f" ({note})" if note else "")
-    model: Any = Recipe
+        keys, note = TRL_NAMES[leaf]
+        if not keys:
+            return f"; TRL's {leaf} has no recipe key ({note})"
+        keys = keys.split(", ")
+        here = [k for k in keys if k.rsplit(".", 1)[0] == section]  # the key of the section it was written in
+        return f"; TRL's {leaf} is {' or '.join(here or keys)} ({note})"
+    model: type[BaseModel] | None = Recipe
     for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(str(part))
-        model = getattr(field, "annotation", None)
-    names = list(getattr(model, "model_fields", {}))
-    close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.75)
-    if not close:  # the right key, in another section?
-        every = [f"{s}.{k}" for s, f in Recipe.model_fields.items() for k in getattr(f.annotation, "model_fields", {})]
-        close = [k for k in every if k.split(".")[-1] == leaf][:1]
-        return f"; did you mean {close[0]}?" if close else ""
-    return f"; did you mean {'.'.join(str(p) for p in (*loc[:-1], close[0]))}?"
+        if not isinstance(part, int):  # list items (rl.rewards.0) are the list's model
+            field = model.model_fields.get(part) if model else None
+            model = nested_section(field.annotation)[0] if field else None
+    close = difflib.get_close_matches(leaf, list(model.model_fields), n=1) if model else []
+    if close:
+        return f"; did you mean {section + '.' if section else ''}{close[0]}?"
+    elsewhere = [f"{name}.{leaf}" for name, f in Recipe.model_fields.items()  # the right key, another section
+                 if leaf in getattr(nested_section(f.annotation)[0], "model_fields", {})]
+    return f"; did you mean {' or '.join(elsewhere)}?" if elsewhere else ""
+
+
+class ConfigError(ValueError):
+    """A recipe that does not validate; the message names the file, the key and what was expected."""
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -424,7 +473,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key{_hint(e['loc'])}")
+            lines.append(f"  {key}: unknown key{_unknown_key_hint(e['loc'])}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

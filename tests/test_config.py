@@ -72,31 +72,3 @@ def test_every_shipped_recipe_validates():
         if recipe.model.init == "tiny":  # the embedded tasks: their options are checked when the task is built
             build_task(recipe.task.name, recipe.task.options, recipe.run.seed).examples("val", 2, 0)
 
-
-@pytest.mark.parametrize("override, hint", [
-    ("rl.num_generations=4", "TRL's num_generations is rl.group_size"),
-    ("rl.beta=0.04", "TRL's beta is rl.kl_coef"),
-    ("rl.epsilon_high=0.28", "TRL's epsilon_high is rl.eps_high"),
-    ("rl.max_completion_length=256", "TRL's max_completion_length is rl.max_new_tokens"),
-    ("rl.num_iterations=2", "TRL's num_iterations is rl.epochs"),
-    ("rl.mask_truncated_completions=true", "TRL's mask_truncated_completions is rl.overlong_filter"),
-    ("run.report_to=[wandb]", "TRL's report_to is run.log_to"),
-    ("num_generations=4", "TRL's num_generations is rl.group_size"),  # at the top level too
-    ("rl.group_sise=4", "did you mean rl.group_size?"),
-    ("sft.kl_coef=0.1", "did you mean rl.kl_coef?"),  # the right key in another section
-])
-def test_unknown_keys_get_trl_names_and_did_you_mean(override, hint):
-    with pytest.raises(ConfigError) as e:
-        load_recipe(None, [override])
-    key = override.split("=")[0]
-    assert f"{key}: unknown key; {hint}" in str(e.value)
-
-
-def test_every_trl_name_points_at_a_real_key():
-    from coldstart.config import TRL_NAMES, Recipe
-
-    for name, (target, _) in TRL_NAMES.items():
-        model = Recipe
-        for part in target.split("."):
-            assert part in model.model_fields, f"TRL_NAMES[{name!r}] -> {target}: no such key"
-            model = model.model_fields[part].annotation

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from coldstart.config import Recipe
-from coldstart.tools.reference import block_of, main, recipe_reference, rows, sections
+from coldstart.tools.reference import block_of, main, recipe_reference, rows, sections, trl_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,12 +40,23 @@ def test_types_defaults_and_multiline_comments_come_from_the_source():
 
 def test_write_and_check(tmp_path, capsys):
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- recipe-reference:begin -->\nstale\n<!-- recipe-reference:end -->\nafter\n")
+    readme.write_text("intro\n<!-- recipe-reference:begin -->\nstale\n<!-- recipe-reference:end -->\nmid\n"
+                      "<!-- trl-names:begin -->\nstale-trl\n<!-- trl-names:end -->\nafter\n")
     assert main(["--check", str(readme)]) == 1
     assert main(["--write", str(readme)]) == 0
     assert main(["--check", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("after\n") and "stale" not in text
+    assert "\nmid\n" in text and block_of(text, "trl-names") == trl_table().strip()
+    readme.write_text(text.replace("| `num_generations` |", "| `num_gens` |"))
+    assert main(["--check", str(readme)]) == 1
+    assert "out of date (trl-names)" in capsys.readouterr().err.splitlines()[-1]
     readme.write_text("no markers")
     with pytest.raises(ValueError, match=r"README\.md: needs exactly one"):
         main(["--write", str(readme)])
+
+
+def test_readme_trl_table_is_generated_from_trl_names():
+    assert block_of(README.read_text(), "trl-names") == trl_table().strip(), (
+        "README.md's TRL table is out of date: python -m coldstart.tools.reference --write README.md")
+    assert "| `num_generations` | `rl.group_size` |" in trl_table()

@@ -5,10 +5,11 @@ nested section such as `rl.pad`, `model.lora` or the items of `rl.rewards`), wit
 in the source), default and description. A description is the field's pydantic `description` when it has
 one, else the `# comment` that ends the field's (possibly multi-line) statement, else the comment lines right
 above it (a field with none fails tests/test_reference.py). Comments are read with `ast` + `tokenize` from
-the module that defines each section class, so sections added anywhere are picked up.
+the module that defines each section class, so sections added anywhere are picked up. `trl_table()` turns
+`config.TRL_NAMES` into README's "Coming from TRL" table, between the trl-names markers.
 
     python -m coldstart.tools.reference                    # print the reference
-    python -m coldstart.tools.reference --write README.md  # replace the block between the recipe-reference markers
+    python -m coldstart.tools.reference --write README.md  # replace the blocks between the markers
     python -m coldstart.tools.reference --check README.md  # exit 1 when README.md is out of date
 """
 
@@ -19,15 +20,14 @@ import ast
 import io
 import sys
 import tokenize
-import typing
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-BEGIN, END = "<!-- recipe-reference:begin -->", "<!-- recipe-reference:end -->"
+from ..config import TRL_NAMES, Recipe, nested_section
+
 
 # Fields whose line in config.py carries no comment yet, by "Section class.field", then by field name alone
 # for the hyperparameters every training section shares. A comment or pydantic description in the source wins.
@@ -84,18 +84,6 @@ def _source_file(cls: type) -> str:
     return sys.modules[cls.__module__].__file__
 
 
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The pydantic model inside an annotation (`X`, `X | None`, `list[X]`), and whether it is a list item."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    for arg in args:
-        model, _ = _nested_model(arg)
-        if model is not None:
-            return model, origin is list
-    return None, False
-
-
 def _default(field) -> str:
     """The default as a short YAML value, `required`, or a pointer to the nested section."""
     if field.is_required():
@@ -125,12 +113,10 @@ def describe(model: type[BaseModel], name: str) -> str:
 def sections(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
     """(dotted path, section model) of every section under `model` (default: the Recipe), depth first."""
     if model is None:
-        from ..config import Recipe
-
-        return [s for name, f in Recipe.model_fields.items() for s in sections(_nested_model(f.annotation)[0], name)]
+        return [s for name, f in Recipe.model_fields.items() for s in sections(nested_section(f.annotation)[0], name)]
     out = [(prefix, model)]
     for name, field in model.model_fields.items():
-        nested, is_list = _nested_model(field.annotation)
+        nested, is_list = nested_section(field.annotation)
         if nested is not None:
             out += sections(nested, f"{prefix}.{name}" + ("[]" if is_list else ""))
     return out
@@ -159,60 +145,68 @@ def recipe_reference() -> str:
         table = ["| key | type | default | description |", "|---|---|---|---|"]
         table += [f"| `{k}` | `{_cell(t)}` | `{_cell(d)}` | {_cell(desc)} |" for k, t, d, desc in rows(prefix, model)]
         parts.append(head + "\n" + "\n".join(table) + "\n")
-    return "\n".join([*parts, trl_table()])
+    return "\n".join(parts)
 
 
 def trl_table() -> str:
-    """The markdown table of TRL config names and the recipe keys that do their job (config.TRL_NAMES)."""
-    from coldstart.config import TRL_NAMES
-
-    head = ("#### Coming from TRL\n"
-            "TRL's `GRPOConfig` / `SFTConfig` / `DPOConfig` names and the recipe keys that do their job; an unknown "
-            "key with one of these names gets this hint. The main differences: batches count prompts "
-            "(`rl.prompts_per_step` × `rl.group_size` completions), not completions per device; clip-higher is on "
-            "by default (`rl.eps_high: 0.28`); TRL's `loss_type` is our `rl.loss_agg`, and `dr_grpo` in "
-            "`rl.advantage` is the estimator (no std scaling). Reward functions are called as TRL calls them.\n")
-    table = ["| TRL | coldstart | note |", "|---|---|---|"]
-    table += [f"| `{name}` | `{key}` | {_cell(note)} |" for name, (key, note) in TRL_NAMES.items()]
-    return head + "\n" + "\n".join(table) + "\n"
+    """The markdown table of TRL config names, the recipe keys that hold them and how they differ (TRL_NAMES)."""
+    table = ["| TRL | recipe key | difference |", "|---|---|---|"]
+    for name, (keys, note) in TRL_NAMES.items():
+        where = ", ".join(f"`{k}`" for k in keys.split(", ")) if keys else "none"
+        table.append(f"| `{name}` | {where} | {_cell(note)} |")
+    return "\n".join(table) + "\n"
 
 
-def replace_block(text: str, block: str, source: str = "README.md") -> str:
-    """`text` with the lines between the BEGIN and END markers replaced by `block`.
+# README blocks generated here: marker name → generator
+BLOCKS = {"recipe-reference": recipe_reference, "trl-names": trl_table}
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_block(text: str, block: str, source: str = "README.md", name: str = "recipe-reference") -> str:
+    """`text` with the lines between the `name` markers replaced by `block`.
 
     >>> replace_block("a\\n<!-- recipe-reference:begin -->\\nold\\n<!-- recipe-reference:end -->\\nz", "new")
     'a\\n<!-- recipe-reference:begin -->\\nnew\\n<!-- recipe-reference:end -->\\nz'
     """
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{source}: needs exactly one {BEGIN} followed by one {END}")
-    head, rest = text.split(BEGIN)
-    tail = rest.split(END)[1]
-    return f"{head}{BEGIN}\n{block.strip()}\n{END}{tail}"
+    begin, end = _markers(name)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{source}: needs exactly one {begin} followed by one {end}")
+    head, rest = text.split(begin)
+    tail = rest.split(end)[1]
+    return f"{head}{begin}\n{block.strip()}\n{end}{tail}"
 
 
-def block_of(text: str) -> str:
-    """The text between the markers (stripped)."""
-    return text.split(BEGIN)[1].split(END)[0].strip()
+def block_of(text: str, name: str = "recipe-reference") -> str:
+    """The text between the `name` markers (stripped); "" when they are missing."""
+    begin, end = _markers(name)
+    return text.split(begin)[1].split(end)[0].strip() if begin in text else ""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the reference, write it into a README (--write) or check that one is current (--check)."""
+    """Print the reference, write the README blocks (--write) or check that they are current (--check)."""
     p = argparse.ArgumentParser(prog="python -m coldstart.tools.reference", description=__doc__.splitlines()[0])
-    p.add_argument("--write", metavar="README", help="replace the block between the recipe-reference markers")
-    p.add_argument("--check", metavar="README", help="exit 1 if the block differs from the generated reference")
+    p.add_argument("--write", metavar="README", help="replace the blocks between the recipe-reference and "
+                   "trl-names markers")
+    p.add_argument("--check", metavar="README", help="exit 1 if a block differs from the generated one")
     args = p.parse_args(argv)
-    ref = recipe_reference()
     if args.write:
         path = Path(args.write)
-        path.write_text(replace_block(path.read_text(), ref, str(path)))
+        text = path.read_text()
+        for name, make in BLOCKS.items():
+            text = replace_block(text, make(), str(path), name)
+        path.write_text(text)
     elif args.check:
         text = Path(args.check).read_text()
-        if BEGIN not in text or block_of(text) != ref.strip():
-            print(f"{args.check}: the recipe reference is out of date: python -m coldstart.tools.reference --write "
+        stale = [name for name, make in BLOCKS.items() if block_of(text, name) != make().strip()]
+        if stale:
+            print(f"{args.check}: out of date ({', '.join(stale)}): python -m coldstart.tools.reference --write "
                   f"{args.check}", file=sys.stderr)
             return 1
     else:
-        print(ref)
+        print(recipe_reference())
     return 0
 
 
