@@ -388,7 +388,11 @@ TRL_NAMES: dict[str, tuple[str, str]] = {
     "chat_template_kwargs": ("prompt.chat_template_kwargs", "keyword arguments of the tokenizer's "
                              "apply_chat_template, e.g. {enable_thinking: false}"),
     "use_vllm": ("", "not yet, see issue 17; rl.sampler is torch or hf"),
+    "reward_funcs": ("rl.rewards", "a GRPOTrainer argument in TRL: each function as {name: my_module:my_reward}, "
+                     "called exactly as TRL calls it"),
     # SFTConfig, DPOConfig
+    "chat_template_path": ("model.chat_template", "a .jinja file, a tokenizer_config.json or the template text; "
+                           "used by every stage, not only SFT"),
     "max_length": ("model.max_len", "longest prompt + completion in tokens, for every stage; TRL 1024, ours 512"),
     "packing": ("sft.pack, rsft.pack", "TRL False, ours True, and a batch is packed only when that costs less "
                 "than padding"),
