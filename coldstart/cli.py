@@ -156,6 +156,10 @@ def run_stages(recipe, out: Path, stages: tuple[str, ...], resume: bool) -> None
     from .infra.checkpoint import is_complete
     from .infra.runtime import console
 
+    if "rl" in stages:  # an algorithm the RL stage refuses is refused now, not after the stages before it
+        from .rl.loop import checked_algorithms
+
+        checked_algorithms(recipe.rl)
     for stage in stages:
         if stage == "eval":
             run_eval(recipe, out, ("base", *[s for s in recipe.run.stages if s != "eval"]))

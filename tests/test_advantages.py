@@ -173,3 +173,16 @@ def test_reinforce_pp_baseline_centres_per_group_then_whitens_over_the_batch():
     assert adv[0, 0] > 0 > adv[1, 0] and adv[3, 0] == pytest.approx(float(-mean / math.sqrt(var + 1e-6)), abs=1e-6)
     assert m["groups/zero_std_frac"] == 0.5
     assert ADVANTAGES["reinforce_pp_baseline"].batch_normalised  # refused under several processes
+
+
+@pytest.mark.parametrize("value", [0.9, 0.1, 0.7, 1 / 3])
+def test_a_flat_group_gets_zero_advantage_whatever_its_value(value):
+    """0.9 is not exactly representable: the float32 group mean was one ulp off, and divided by std + 1e-6
+    that gave every row about -0.056 (#20). Weighted rewards (0.1·format + 0.9·answer) make such values."""
+    from coldstart.algorithms.advantages import dr_grpo, grpo
+
+    scores = torch.cat([torch.full((8,), value), torch.tensor([0.0, 1.0] * 4)])
+    for fn in (grpo, dr_grpo):
+        adv, _ = fn(scores, torch.ones(16, 3), 8)
+        assert torch.equal(adv[:8], torch.zeros(8, 3)), fn.__name__
+        assert adv[8:].abs().min() > 0

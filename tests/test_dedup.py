@@ -84,3 +84,30 @@ def test_update_with_copies_equals_update_of_every_row(agg, monkeypatch):
     assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) < 1e-6
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), model.parameters()))
     assert out_a["loss/policy"] == pytest.approx(out_b["loss/policy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
+def test_rows_overlong_filter_empties_are_left_out_as_if_absent(agg):
+    """seq_mean_token_mean leaves the rows overlong_filter empties out of its sequence count, as policy_loss
+    and verl do: the update equals the one without those rows. They used to count, scaling the gradient by
+    (non-empty rows) / N. (`constant` counts every row by design: Dr. GRPO's N.)"""
+    from coldstart.rollout_utils import select_rows
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(len(tok), hidden_size=16, layers=1, heads=2, max_len=64)
+    prompts = [tok("1+2=").input_ids, tok("3+4=").input_ids]
+    ro = TorchSampler(tok).sample(model, prompts, SamplingParams(n=4, max_new_tokens=6, seed=0))
+    ro.truncated = torch.tensor([True, False, True, False, False, True, False, False])
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0, -0.5, 1.5, -2.0, 0.7])[:, None].expand_as(ro.logprobs).clone()
+    kept = (~ro.truncated).nonzero()[:, 0]
+    short = select_rows(ro, kept)
+    short.truncated = torch.zeros(len(kept), dtype=torch.bool)
+    moved = []
+    for batch, a in ((ro, adv), (short, adv[kept][:, : short.logprobs.shape[1]])):
+        settings = UpdateSettings.from_config(RLConfig(loss_agg=agg, micro_batch_size=2, max_new_tokens=6,
+                                                       overlong_filter=True))
+        m = copy.deepcopy(model)
+        update(m, None, None, torch.optim.SGD(m.parameters(), lr=1.0), batch, a, None, None, settings)
+        moved.append(m)
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(*(m.parameters() for m in moved))) < 1e-6

@@ -116,3 +116,11 @@ def test_minibatches_and_epochs_make_several_optimizer_steps(tmp_path, cold_star
                      "rl.minibatch_size=8", "rl.micro_batch_size=4")
     assert_trained(metrics, cold_start, out)
     assert max(r["optimizer_steps"] for r in metrics) == 4  # 2 epochs × 16 rows / 8 rows per minibatch
+
+
+def test_an_rl_setting_the_stage_refuses_fails_before_sft_runs(tmp_path, tiny_overrides):
+    from coldstart.cli import main
+
+    assert main(["run", "recipes/demo.yaml", "--out", str(tmp_path), *tiny_overrides, "rl.kl_in_reward=true",
+                 "rl.kl_coef=0.1", "rl.advantage=grpo", "run.stages=[sft,rl]"]) == 2
+    assert not (tmp_path / "sft").exists()

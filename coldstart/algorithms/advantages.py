@@ -106,13 +106,17 @@ def grpo(
     lam: float = 0.95,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, Metrics]:
-    """GRPO (§0.1): (N,) scores → (N, T) `(r − mean_group) / (std_group + eps)`, unbiased std."""
+    """GRPO (§0.1): (N,) scores → (N, T) `(r − mean_group) / (std_group + eps)`, unbiased std.
+
+    A group whose rewards are all equal gets exactly 0: its float32 mean can be one ulp off a value such as
+    0.9, and that error divided by std + eps (~1e-6) gave every row an advantage of about ±0.06.
+    """
     _no_token_inputs("grpo", token_rewards, values)
     scores, mask = _check(scores, mask, group_size)
     if group_size < 2:
         raise ValueError("grpo needs group_size >= 2 (the std of one sample is undefined)")
     groups = scores.view(-1, group_size)
-    seq = (groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + eps)
+    seq = _centred(groups) / (groups.std(-1, keepdim=True) + eps)
     adv = _broadcast(seq.view(-1), mask)
     return adv, _metrics(adv, mask, scores, group_size)
 
@@ -132,8 +136,14 @@ def dr_grpo(
     _no_token_inputs("dr_grpo", token_rewards, values)
     scores, mask = _check(scores, mask, group_size)
     groups = scores.view(-1, group_size)
-    adv = _broadcast((groups - groups.mean(-1, keepdim=True)).view(-1), mask)
+    adv = _broadcast(_centred(groups).view(-1), mask)
     return adv, _metrics(adv, mask, scores, group_size)
+
+
+def _centred(groups: torch.Tensor) -> torch.Tensor:
+    """(B, G) → (B, G) `r − mean_group`, exactly 0 in a group whose rewards are all equal (no rounding)."""
+    flat = (groups == groups[:, :1]).all(-1, keepdim=True)
+    return torch.where(flat, torch.zeros_like(groups), groups - groups.mean(-1, keepdim=True))
 
 
 def rloo(

@@ -75,7 +75,7 @@ def constant(loss: torch.Tensor, mask: torch.Tensor, *, max_tokens: int | None =
 # Each normalises by the minibatch's masked tokens or by its sequences (registry.Aggregation.normaliser).
 AGGREGATIONS: dict[str, Aggregation] = {
     "token_mean": Aggregation(token_mean, "tokens"),
-    "seq_mean_token_mean": Aggregation(seq_mean_token_mean, "sequences"),
+    "seq_mean_token_mean": Aggregation(seq_mean_token_mean, "nonempty_sequences"),  # as policy_loss, verl
     "constant": Aggregation(constant, "sequences"),
 }
 

@@ -66,10 +66,11 @@ class Filter:
 @dataclass(frozen=True)
 class Aggregation:
     """A loss aggregation: `fn(loss (N, T), mask (N, T), *, max_tokens, weights) -> scalar`, normalised by the
-    minibatch's masked tokens or by its sequences (the unit a micro-batch's share is counted in)."""
+    minibatch's masked tokens, by all its sequences, or by its non-empty sequences (rows with a masked token):
+    the unit a micro-batch's share is counted in."""
 
     fn: Callable[..., torch.Tensor]
-    normaliser: Literal["tokens", "sequences"]
+    normaliser: Literal["tokens", "sequences", "nonempty_sequences"]
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.fn(*args, **kwargs)

@@ -90,7 +90,8 @@ def _minibatch(policy, ref, value_head, ro, mb, active, mask, adv, returns, old_
     dist = current()
     # Normalisers of the whole (global) minibatch, so skipped rows leave the gradient unchanged.
     total_tok = dist.sum(float(mask[mb].sum()) * weight)
-    total_seq = dist.sum(len(mb) * weight)
+    nonempty = s.aggregation.normaliser == "nonempty_sequences"  # rows overlong_filter emptied do not count
+    total_seq = dist.sum((float(mask[mb].any(-1).sum()) if nonempty else len(mb)) * weight)
     mb = mb[active[mb]]
     counts = torch.ones(len(mb), dtype=torch.long)
     if value_head is None and len(mb):  # copies of a row train once, counted as often as they occur
@@ -106,7 +107,8 @@ def _minibatch(policy, ref, value_head, ro, mb, active, mask, adv, returns, old_
         if len(rows) == 0:  # this rank ran out of rows: a zero-weight pass keeps the ranks in step
             rows, c, w = torch.arange(1), torch.ones(1, dtype=torch.long), 0.0
         tokens = float((mask[rows].sum(1) * c.to(mask.device)).sum())
-        unit = tokens / total_tok if s.aggregation.normaliser == "tokens" else float(c.sum()) / total_seq
+        seqs = float((c.to(mask.device) * mask[rows].any(-1)).sum()) if nonempty else float(c.sum())
+        unit = tokens / total_tok if s.aggregation.normaliser == "tokens" else seqs / max(total_seq, 1.0)
         share = unit * w
         sub = select_rows(ro, rows)  # trimmed to its widest row: slice the (N, T) tensors alike
         T = sub.completion_ids.shape[1]
