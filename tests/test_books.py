@@ -136,3 +136,20 @@ def test_keep_best_picks_the_exported_checkpoint(stage, keep_best, tmp_path, tin
     assert not all(torch.equal(best[k], last[k]) for k in best)  # the test can tell them apart
     want = best if keep_best else last
     assert all(torch.equal(exported[k], want[k]) for k in exported)
+
+
+def test_a_fresh_run_into_a_used_folder_exports_its_own_model(tmp_path, tiny_overrides):
+    """#22 point 1: run 1 kept a best checkpoint at step 4; a fresh run 2 without evaluation must export its own
+    last step, not run 1's best; and --resume after it resumes run 2 (its checkpoints only)."""
+    base = [*tiny_overrides, "sft.save_every=4"]
+    assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path), *base, "sft.eval_every=4"]) == 0
+    assert (tmp_path / "sft" / "checkpoints" / "best").is_dir()
+    assert main(["sft", "recipes/demo.yaml", "--out", str(tmp_path), *base, "sft.eval_every=0",
+                 "sft.max_steps=12", "sft.lr=1e-2"]) == 0
+    sft = tmp_path / "sft"
+    assert not (sft / "checkpoints" / "best").exists() and (sft / "checkpoints.previous" / "best").is_dir()
+    summary = json.loads((sft / "complete.json").read_text())
+    assert summary["steps"] == 12
+    exported = load_file(str(sft / "model.safetensors"))
+    last = load_file(str(sft / "checkpoints" / "step-000012" / "model.safetensors"))
+    assert all(torch.equal(exported[k], last[k]) for k in exported)

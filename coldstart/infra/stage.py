@@ -8,6 +8,8 @@ every stage and every arm of the demo starts from the very same weights. With a 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,23 @@ class Stage:
     model: torch.nn.Module
 
 
+def set_aside_checkpoints(stage: Path, console=None) -> Path | None:
+    """A fresh (not --resume) run into a stage folder that holds an earlier run's checkpoints moves them to
+    `checkpoints.previous/` (replacing an older one): its best checkpoint, pruning and --resume then only ever
+    see this run's (#22: the earlier run's checkpoints/best was exported as this run's model). The stage's
+    exported model stays until this run replaces it (it may be this run's start, `sft.init: sft`)."""
+    ckpts = stage / "checkpoints"
+    if not ckpts.is_dir() or not any(ckpts.iterdir()):
+        return None
+    aside = stage / "checkpoints.previous"
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(ckpts, aside)
+    if console is not None:
+        console.print(f"{stage.name}: a fresh run (no --resume): the earlier run's checkpoints moved to {aside}")
+    return aside
+
+
 def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) -> Stage:
     """Create `out/name`, save the recipe there, seed, and load the model to train (from the newest
     checkpoint with `resume`, else from `init`, resolved by stage_start)."""
@@ -82,6 +101,8 @@ def open_stage(recipe: Recipe, out: Path, name: str, init: str, resume: bool) ->
     device = setup(recipe.run.seed, recipe.run.threads, recipe.run.device)
     if current().is_main:  # only rank 0 writes files
         stage.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            set_aside_checkpoints(stage, console)
         save_recipe(recipe, stage / "config.yaml")
     current().barrier()
     task = build_task_from(recipe)
